@@ -1,0 +1,3 @@
+from diffaug.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""qclassify: MobileNetV2 with a quantum feature layer for imbalanced image classification."""

@@ -1,0 +1,3 @@
+from qclassify.cli import main
+
+main()
