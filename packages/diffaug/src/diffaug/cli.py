@@ -1,0 +1,204 @@
+"""Command line interface: a thin shell over the library (parse options, call one function, print).
+
+Every bad-input path ends in one ``Error: ...`` line: problems with the arguments or the input
+folder exit with status 2 (click's usage-error code), failures while reading or writing exit 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import click
+
+from diffaug.augment import as_ratio
+from diffaug.balance import BalanceReport, balance_folder
+from diffaug.features import FidExtraMissingError, InceptionWeightsError, require_fid_extra
+from diffaug.fid import FID_DIMS, FidReport, compute_fid, fid_of_balanced_classes, save_fid_stats
+from diffaug.schedule import NoiseSchedule
+
+
+class InputError(click.ClickException):
+    """A bad option or input folder: printed as one ``Error:`` line, exit status 2."""
+
+    exit_code = 2
+
+
+def _parse_ratio(ctx: click.Context, param: click.Parameter, value: str) -> Decimal:
+    # Parsed from the text, not from a float, so that eq. 3 sees exactly what was typed.
+    try:
+        return as_ratio(value)
+    except ValueError:
+        raise InputError(f"Invalid value for '--ratio': {value!r} is not a number in (0, 1] "
+                         "(the minority/majority count after balancing).") from None
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool, label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A ``progress(done_increment, total)`` callback drawing a click progress bar on stderr."""
+    if quiet:
+        yield None
+        return
+    with contextlib.ExitStack() as stack:
+        bars: list = []  # the bar opens once the library reports the total
+
+        def advance(done_increment: int, total: int) -> None:
+            if not bars:
+                bar = click.progressbar(length=total, label=label, file=sys.stderr)
+                bars.append(stack.enter_context(bar))
+            bars[0].update(done_increment)
+
+        yield advance
+
+
+@click.group()
+@click.version_option(package_name="diffaug")
+def main() -> None:
+    """Forward-diffusion oversampling of minority image classes (paper section 2.2)."""
+
+
+@main.command()
+@click.argument("in_dir", metavar="IN", type=click.Path(path_type=Path))
+@click.argument("out_dir", metavar="OUT", type=click.Path(path_type=Path))
+@click.option("--ratio", required=True, callback=_parse_ratio,
+              help="Minority/majority count after balancing, in (0, 1] (eq. 3).")
+@click.option("--timesteps", default=5, show_default=True, type=click.IntRange(min=1),
+              help="T, the number of diffusion steps (eq. 2).")
+@click.option("--beta-start", default=1e-4, show_default=True, type=float, help="First beta (eq. 2).")
+@click.option("--beta-end", default=0.02, show_default=True, type=float, help="Last beta (eq. 2).")
+@click.option("--blur-sigma", default=0.5, show_default=True, type=click.FloatRange(min=0),
+              help="Gaussian blur standard deviation in pixels (eq. 4).")
+@click.option("--brightness", nargs=2, default=(0.9, 1.1), show_default=True, type=float,
+              help="Range of the brightness factor gamma (eq. 4).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Run seed: the same seed gives byte-identical output.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Worker processes; the output does not depend on it.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
+@click.option("--fid", "with_fid", is_flag=True,
+              help="Then report FID and KID of each class's synthetic images against its "
+                   "originals (needs the fid extra).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def balance(in_dir: Path, out_dir: Path, ratio: Decimal, timesteps: int, beta_start: float,
+            beta_end: float, blur_sigma: float, brightness: tuple[float, float], seed: int,
+            workers: int, dry_run: bool, with_fid: bool, quiet: bool) -> None:
+    """Oversample the minority classes of IN into OUT with forward diffusion.
+
+    IN holds class folders (IN/<class>/*) or split folders (IN/train/<class>/*, IN/val/...,
+    IN/test/...; only train is balanced). OUT receives byte-identical copies of the originals,
+    the synthetic images (syn_<stem>_<k>.png), diffaug-manifest.csv and diffaug-run.json.
+    """
+    started = time.perf_counter()
+    if with_fid:
+        with _fid_errors():
+            require_fid_extra()  # before the work, not after it
+    try:
+        schedule = NoiseSchedule.linear(timesteps=timesteps, beta_start=beta_start,
+                                        beta_end=beta_end)
+        with _progress(quiet or dry_run, "Balancing") as progress:
+            report = balance_folder(in_dir, out_dir, ratio=ratio, schedule=schedule,
+                                    blur_sigma=blur_sigma, brightness=brightness, seed=seed,
+                                    workers=workers, dry_run=dry_run, progress=progress)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    except OSError as err:
+        raise click.ClickException(str(err)) from None
+    for skipped in report.skipped:
+        click.echo(f"Warning: skipped {skipped.path}: {skipped.reason}", err=True)
+    click.echo(_format_plan(report))
+    click.echo(_format_summary(report, time.perf_counter() - started))
+    if with_fid and not report.dry_run:
+        with _fid_errors(), _progress(quiet, "Inception features") as progress:
+            reports = fid_of_balanced_classes(report.out_dir, progress=progress)
+        for key, fid_report in reports.items():
+            click.echo(f"{key} synthetic vs originals: {_format_fid(fid_report)} "
+                       f"({fid_report.n_other} synthetic, {fid_report.n_real} originals)")
+
+
+def _format_plan(report: BalanceReport) -> str:
+    lines = []
+    for split, counts in report.counts_before.items():
+        balanced = split == report.balanced_split
+        title = f"{split}/" if split else "classes"
+        lines.append(f"{title}: " + ("balanced" if balanced else "copied unchanged"))
+        lines.append(f"  {'class':<20} {'before':>8} {'synthetic':>10} {'after':>8}")
+        for name, before in counts.items():
+            added = report.synthesis.get(name, 0) if balanced else 0
+            lines.append(f"  {name:<20} {before:>8} {added:>10} {before + added:>8}")
+    return "\n".join(lines)
+
+
+def _format_summary(report: BalanceReport, seconds: float) -> str:
+    if report.dry_run:
+        return f"Dry run: would write {report.n_synthetic_planned} synthetic images to {report.out_dir}."
+    if report.already_done:
+        return f"Nothing to do: {report.out_dir} already holds this run ({report.manifest})."
+    rate = report.n_synthetic / seconds if seconds > 0 else float("inf")
+    return (f"Wrote {report.n_synthetic} synthetic images and copied {report.n_copied} originals "
+            f"to {report.out_dir} in {seconds:.1f} s ({rate:.1f} synthetic images/s); "
+            f"manifest: {report.manifest}")
+
+
+@contextlib.contextmanager
+def _fid_errors() -> Iterator[None]:
+    """FID failures as one ``Error:`` line; after success, the library's warnings as
+    ``Warning:`` lines on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            yield
+        except (FidExtraMissingError, InceptionWeightsError) as err:
+            raise click.ClickException(str(err)) from None
+        except ValueError as err:
+            raise InputError(str(err)) from None
+        except OSError as err:
+            raise click.ClickException(str(err)) from None
+    for warning in caught:
+        click.echo(f"Warning: {warning.message}", err=True)
+
+
+def _format_fid(report: FidReport) -> str:
+    kid = "" if report.kid is None else f"  KID: {report.kid.mean:.6g} ± {report.kid.std:.6g}"
+    return f"FID: {report.fid}{kid}"
+
+
+@main.command()
+@click.argument("real", type=click.Path(path_type=Path))
+@click.argument("other", type=click.Path(path_type=Path))
+@click.option("--batch-size", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Images per forward pass.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when available, else CPU), cpu, cuda, cuda:0, ...")
+@click.option("--dims", default=str(FID_DIMS[-1]), show_default=True,
+              type=click.Choice([str(dims) for dims in FID_DIMS]),
+              help="Inception features: 2048 is pool3, the others earlier blocks (pytorch-fid).")
+@click.option("--num-workers", type=click.IntRange(min=0),
+              help="Threads decoding images while the network runs [default: min(8, CPUs)].")
+@click.option("--save-stats", is_flag=True,
+              help="Write the statistics of REAL to OTHER (.npz) instead, like pytorch-fid.")
+@click.option("--recursive", is_flag=True, help="Also read images in subfolders.")
+@click.option("--kid", is_flag=True,
+              help="Also report KID (unbiased, mean ± std over 100 subsets of up to 1000).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def fid(real: Path, other: Path, batch_size: int, device: str, dims: str,
+        num_workers: int | None, save_stats: bool, recursive: bool, kid: bool,
+        quiet: bool) -> None:
+    """FID between two image folders or pytorch-fid .npz statistics files.
+
+    The number `python -m pytorch_fid REAL OTHER` gives (same network, weights, resize and
+    scaling), computed faster, and also for folders of mixed image sizes, 16-bit images and
+    nested folders (--recursive). Weights are pytorch-fid's, cached in $TORCH_HOME.
+    """
+    options = {"dims": int(dims), "batch_size": batch_size, "device": device,
+               "num_workers": num_workers, "recursive": recursive}
+    with _fid_errors(), _progress(quiet, "Inception features") as progress:
+        if save_stats:
+            written = save_fid_stats(real, other, **options, progress=progress)
+        else:
+            report = compute_fid(real, other, **options, kid=kid, progress=progress)
+    click.echo(f"Saved statistics of {real} to {written}" if save_stats else _format_fid(report))

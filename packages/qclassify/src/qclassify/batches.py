@@ -1,0 +1,99 @@
+"""Batches for training and prediction: seeded DataLoaders, deterministic kernels, and
+running a model over a loader."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+__all__ = ["deterministic_algorithms", "make_loader", "predict_logits"]
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    shuffle: bool = False,
+    seed: int = 0,
+    device: torch.device | None = None,
+) -> DataLoader:
+    """A DataLoader whose order depends only on `seed` (and, when shuffling, on the epoch set
+    with ``loader.sampler.set_epoch(epoch)``), whatever `num_workers` is."""
+    # Shuffling by DistributedSampler with a single replica: its order is a pure function of
+    # (seed, epoch). A sampler drawing from a running generator would depend on how often the
+    # loader is iterated: a multi-worker iterator prefetches (draws an order) as soon as it is
+    # created, and tqdm.auto calls iter() on its iterable twice.
+    sampler = (
+        DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+        if shuffle else None
+    )
+    # BatchNorm cannot train on a batch of one image; drop a lone last image (shuffled, so a
+    # different one each epoch).
+    drop_last = shuffle and len(dataset) > batch_size and len(dataset) % batch_size == 1
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_seed_worker,
+        pin_memory=device is not None and device.type == "cuda",
+        persistent_workers=num_workers > 0,
+        drop_last=drop_last,
+    )
+
+
+@torch.no_grad()
+def predict_logits(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    progress: bool = False,
+    desc: str = "predict",
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Logits (N, C) and labels (N,) on the CPU for every batch of `loader`, in order, and the
+    seconds spent in the model's forward pass (image decoding excluded)."""
+    model.eval()
+    logits, labels, forward_seconds = [], [], 0.0
+    for images, batch_labels in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        images = images.to(device, non_blocking=True)
+        start = time.perf_counter()
+        output = model(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        forward_seconds += time.perf_counter() - start
+        logits.append(output.float().cpu())
+        labels.append(torch.as_tensor(batch_labels))
+    return torch.cat(logits), torch.cat(labels), forward_seconds
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Each worker's torch seed is derived from the loader's generator; pass it on to the other
+    # generators a transform might use.
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """Deterministic kernels while training (warnings, not errors, where none exists)."""
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    # cuBLAS needs this before its first use to be deterministic (PyTorch reproducibility notes).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])

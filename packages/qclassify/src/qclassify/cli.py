@@ -1,0 +1,257 @@
+"""``qclassify`` command line: a thin shell over `train.fit`, `inference.evaluate_run` and
+`inference.predict_paths`.
+
+Shared options are decorators (`seed_option`, `device_option`, `training_options`, ...) so
+other commands reuse them; `train_config` turns their values into a `TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from qclassify import train
+from qclassify.compare import compare as compare_runs
+from qclassify.inference import evaluate_run, predict_paths
+from qclassify.metrics import METRIC_NAMES
+from qclassify.models import MODEL_NAMES
+from qclassify.quantum import BACKENDS
+from qclassify.runfolder import METRICS_FILE, MODEL_FILE
+from qclassify.train import EpochRecord, TrainConfig
+
+__all__ = [
+    "bootstrap_option",
+    "device_option",
+    "main",
+    "positive_option",
+    "quiet_option",
+    "seed_option",
+    "train_config",
+    "training_options",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_DEFAULTS = TrainConfig()
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(function: F) -> F:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+seed_option = click.option(
+    "--seed", type=int, default=_DEFAULTS.seed, show_default=True,
+    help="Seed of every random choice (split, initialisation, batch order, bootstrap).",
+)
+device_option = click.option(
+    "--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+    help="auto = cuda when available, else cpu.",
+)
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+bootstrap_option = click.option(
+    "--bootstrap", "n_bootstrap", type=click.IntRange(min=0), default=500, show_default=True,
+    help="Bootstrap resamples for the 95% confidence intervals.",
+)
+positive_option = click.option(
+    "--positive", default=None,
+    help="Positive class of a two-class task [default: the training minority class].",
+)
+
+
+def _check_weights(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value in ("imagenet", "none") or Path(value).is_file():
+        return value
+    raise click.BadParameter(f"{value!r} is not 'imagenet', 'none' or an existing file")
+
+
+training_options = _compose(
+    click.option("--qubits", type=click.IntRange(min=1), default=_DEFAULTS.qubits,
+                 show_default=True, help="Qubits n of the quantum layer (reduction to 2^n)."),
+    click.option("--qlayers", type=click.IntRange(min=1), default=_DEFAULTS.qlayers,
+                 show_default=True, help="RY + CNOT layers of the quantum circuit."),
+    click.option("--q-backend", type=click.Choice(BACKENDS), default=_DEFAULTS.q_backend,
+                 show_default=True, help="Circuit simulation: exact PyTorch or PennyLane."),
+    click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS.epochs,
+                 show_default=True),
+    click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size,
+                 show_default=True),
+    click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.lr,
+                 show_default=True, help="Adam learning rate."),
+    click.option("--weight-decay", type=click.FloatRange(min=0),
+                 default=_DEFAULTS.weight_decay, show_default=True,
+                 help="Adam weight decay (the L2 term of eq. 15)."),
+    click.option("--patience", type=click.IntRange(min=1), default=_DEFAULTS.patience,
+                 show_default=True,
+                 help="Stop after this many epochs without a lower validation loss."),
+    click.option("--image-size", type=click.IntRange(min=1), default=_DEFAULTS.image_size,
+                 show_default=True, help="Images are resized to this square size."),
+    click.option("--weights", default=_DEFAULTS.weights, show_default=True,
+                 callback=_check_weights,
+                 help="imagenet (torchvision, downloaded once), none (from scratch), or the "
+                      "PATH of a state dict of the whole model."),
+    seed_option,
+    device_option,
+    click.option("--num-workers", type=click.IntRange(min=0), default=_DEFAULTS.num_workers,
+                 show_default=True, help="DataLoader worker processes."),
+    click.option("--val-fraction", type=float, default=_DEFAULTS.val_fraction,
+                 show_default=True, help="Validation share of a class-folder dataset."),
+    click.option("--test-fraction", type=float, default=_DEFAULTS.test_fraction,
+                 show_default=True, help="Test share of a class-folder dataset."),
+)
+
+
+def train_config(**options: Any) -> TrainConfig:
+    """A `TrainConfig` from the values of `training_options` (plus ``model``)."""
+    return TrainConfig(**options)
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Library errors become one ``Error: ...`` line and exit status 1, never a traceback."""
+    try:
+        yield
+    except (ValueError, OSError, RuntimeError) as err:
+        raise click.ClickException(" ".join(str(err).split())) from err
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Each warning (e.g. a skipped unreadable image) as one ``warning: ...`` line on stderr."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *args, **kwargs: click.echo(
+            f"warning: {message}", err=True
+        )
+        yield
+
+
+@click.group()
+@click.version_option(package_name="qclassify")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """MobileNetV2 with a quantum feature layer for imbalanced medical image classification."""
+    ctx.with_resource(_warnings_as_lines())
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder [default: runs/<model>-<date>-<time>].")
+@click.option("--model", type=click.Choice(MODEL_NAMES), default=_DEFAULTS.model,
+              show_default=True)
+@training_options
+@click.option("--overwrite", is_flag=True, help="Replace the files of an earlier run in --out.")
+@quiet_option
+def fit(data: Path, out: Path | None, overwrite: bool, quiet: bool, **options: Any) -> None:
+    """Train a model on DATA (DATA/<class>/* or DATA/train|val|test/<class>/*)."""
+    config = train_config(**options)
+    run_dir = out or Path("runs") / f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
+    click.echo(f"run folder: {run_dir}")
+
+    def log_epoch(record: EpochRecord) -> None:
+        click.echo(record.summary(config.epochs))
+
+    with _one_line_errors():
+        result = train.fit(data, run_dir, config, progress=not quiet, overwrite=overwrite,
+                           on_epoch=log_epoch)
+    stop = "early stop" if result.stopped_early else "all epochs"
+    click.echo(
+        f"best epoch {result.best_epoch} of {len(result.history)} ({stop}); "
+        f"{result.train_seconds:.1f}s; saved {run_dir / MODEL_FILE}"
+    )
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("data", required=False,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@bootstrap_option
+@positive_option
+@seed_option
+@device_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@quiet_option
+def evaluate(run: Path, data: Path | None, n_bootstrap: int, positive: str | None, seed: int,
+             device: str, batch_size: int, quiet: bool) -> None:
+    """Test-set metrics of RUN with bootstrap 95% CIs (DATA defaults to the training data)."""
+    with _one_line_errors():
+        metrics = evaluate_run(run, data, n_bootstrap=n_bootstrap, positive=positive, seed=seed,
+                               batch_size=batch_size, device=device, progress=not quiet)
+    for name in METRIC_NAMES:
+        click.echo(f"{name:<12} {_number(metrics[name]['value'])}  "
+                   f"95% CI {_interval(metrics[name]['ci95'])}")
+    positive_name = metrics.get("positive_class") or "macro average"
+    click.echo(f"n_test {metrics['n_test']}, positive: {positive_name}; "
+               f"wrote {run / METRICS_FILE}")
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@device_option
+def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str) -> None:
+    """Print CSV path,predicted_class,p_<class>... for images and folders of images."""
+    with _one_line_errors():
+        rows = predict_paths(run, paths, batch_size=batch_size, device=device)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    click.echo(buffer.getvalue(), nl=False)
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--augmented", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="The diffaug-balanced copy of DATA (`diffaug balance DATA "
+              "AUG`); the runs on balanced data need it.")
+@click.option("--models", multiple=True,
+              help="Runs to make: model names (every default run of the model) or "
+                   "model@original / model@balanced; comma-separated or repeated "
+                   "[default: the paper's seven runs].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("runs") / "compare", show_default=True,
+              help="Report folder; its runs/ subfolder is reused by a later call.")
+@training_options
+@bootstrap_option
+@positive_option
+@quiet_option
+def compare(data: Path, augmented: Path | None, models: tuple[str, ...], out: Path,
+            n_bootstrap: int, positive: str | None, quiet: bool, **options: Any) -> None:
+    """Section 3 of the paper on DATA: the proposed model (qmobilenet on the balanced data),
+    four baselines and two ablations, all tested on DATA's test images, with paired tests."""
+    selected = [name for entry in models for name in entry.split(",") if name.strip()]
+    with _one_line_errors():
+        result = compare_runs(data, augmented, out, models=selected or None,
+                              train_config=train_config(**options), n_bootstrap=n_bootstrap,
+                              positive=positive, progress=not quiet)
+    click.echo(f"{'run':<24}{'accuracy':>10}{'f1':>8}{'auc':>8}{'DeLong p':>10}{'McNemar p':>11}")
+    for row in result.rows:
+        click.echo(f"{row['run']:<24}{_number(row['accuracy']):>10}{_number(row['f1']):>8}"
+                   f"{_number(row['auc']):>8}{_number(row['delong_p']):>10}"
+                   f"{_number(row['mcnemar_p']):>11}")
+    reused = len(result.rows) - len(result.trained)
+    click.echo(f"trained {len(result.trained)} run(s), reused {reused}; p-values against "
+               f"{result.reference}; report: {result.files['results_md']}")
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _interval(bounds: list[float] | None) -> str:
+    return "n/a" if bounds is None else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"

@@ -1,0 +1,236 @@
+"""``qclassify compare``: the experiment of the paper's section 3 on any dataset.
+
+The proposed model (qmobilenet on the diffaug-balanced copy of DATA), the four baselines on
+the original data and two ablations are trained into ``REPORT/runs/<model>@<data>/`` and all
+evaluated on the same ORIGINAL test images with the same seed. A finished run folder is
+reused, so an interrupted comparison continues where it stopped. The results table, paired
+significance tests against the proposed model and the figures are written by
+`qclassify.results`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from qclassify.data import discover_dataset
+from qclassify.inference import evaluate_run
+from qclassify.models import MODEL_NAMES
+from qclassify.results import RunOutcome, write_report
+from qclassify.runfolder import METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE, read_json
+from qclassify.train import TrainConfig, fit, run_is_complete
+
+__all__ = ["DATA_SETTINGS", "DEFAULT_RUNS", "CompareResult", "RunSpec", "compare", "select_runs"]
+
+DATA_SETTINGS = ("original", "balanced")
+RUNS_FOLDER = "runs"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One model trained on one version of the data; `role` says why it is in the table."""
+
+    model: str
+    data: str  # "original" (DATA) or "balanced" (the diffaug copy, AUG)
+    role: str  # "proposed", "baseline", "ablation" or "extra"
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}@{self.data}"
+
+
+DEFAULT_RUNS = (
+    RunSpec("qmobilenet", "balanced", "proposed"),
+    RunSpec("resnet18", "original", "baseline"),
+    RunSpec("mobilenet_v2", "original", "baseline"),
+    RunSpec("densenet121", "original", "baseline"),
+    RunSpec("vgg16", "original", "baseline"),
+    RunSpec("qmobilenet", "original", "ablation"),
+    RunSpec("mobilenet_v2", "balanced", "ablation"),
+)
+
+
+@dataclass
+class CompareResult:
+    """What `compare` did and wrote."""
+
+    report_dir: Path
+    runs: list[RunSpec]
+    reference: str  # label of the run the p-values compare against
+    trained: list[str]  # labels trained by this call (the others were reused)
+    skipped: list[str]  # default runs left out because no balanced data was given
+    rows: list[dict]  # one per run, the columns of results.csv
+    files: dict[str, Path] = field(default_factory=dict)  # results/figure name -> path
+
+
+def select_runs(models: Sequence[str] | None, *, has_augmented: bool) -> tuple[list[RunSpec],
+                                                                               list[str]]:
+    """The runs to make, in table order, and the default runs skipped for lack of AUG.
+
+    Each entry of `models` is a model name (every default run of that model) or
+    ``model@original`` / ``model@balanced`` (that run, default or not).
+
+    Raises:
+        ValueError: an unknown model or data setting, or a balanced run without AUG.
+    """
+    if models is None:
+        wanted = list(DEFAULT_RUNS)
+    else:
+        wanted = []
+        for entry in models:
+            wanted += [spec for spec in _parse_entry(entry) if spec not in wanted]
+    needs_aug = [spec.label for spec in wanted if spec.data == "balanced"]
+    if has_augmented or not needs_aug:
+        return wanted, []
+    explicit = [entry.strip() for entry in models or () if entry.strip().endswith("@balanced")]
+    if explicit:
+        raise ValueError(
+            f"{', '.join(explicit)} need(s) the diffaug-balanced copy of DATA: pass --augmented "
+            "AUG (made by `diffaug balance DATA AUG`)"
+        )
+    kept = [spec for spec in wanted if spec.data == "original"]
+    if not kept:
+        raise ValueError(f"{', '.join(needs_aug)} need(s) --augmented AUG; no run left to make")
+    return kept, needs_aug
+
+
+def _parse_entry(entry: str) -> list[RunSpec]:
+    model, _, data = entry.strip().partition("@")
+    if model not in MODEL_NAMES:
+        raise ValueError(f"--models: unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}")
+    if not data:
+        return [spec for spec in DEFAULT_RUNS if spec.model == model]
+    if data not in DATA_SETTINGS:
+        raise ValueError(f"--models: {entry!r} names no data setting; use {model}@original or "
+                         f"{model}@balanced")
+    default = next((s for s in DEFAULT_RUNS if (s.model, s.data) == (model, data)), None)
+    return [default or RunSpec(model, data, "extra")]
+
+
+def compare(
+    data_dir: str | Path,
+    augmented_dir: str | Path | None,
+    report_dir: str | Path,
+    *,
+    models: Sequence[str] | None = None,
+    train_config: TrainConfig | None = None,
+    n_bootstrap: int = 500,
+    positive: str | None = None,
+    progress: bool = True,
+) -> CompareResult:
+    """Train (or reuse) every selected run, evaluate all on DATA's test images, write the report.
+
+    A run folder that holds a finished run with the same options and data is reused; any other
+    is trained again. The p-values compare each run with the proposed run (qmobilenet@balanced)
+    or, when it is not among the runs, with the first run.
+
+    Args:
+        data_dir: the original dataset (class folders or train/val/test folders).
+        augmented_dir: its diffaug-balanced copy; without it only original-data runs are made
+            (a warning names the skipped ones).
+        report_dir: gets ``runs/``, ``results.csv``, ``results.md``, ``compare.json`` and the
+            figures.
+        models: a subset, see `select_runs`; None for the paper's seven runs.
+        train_config: options of every run (its ``model`` is replaced per run); the paper's
+            recipe by default. Its seed also seeds the bootstrap.
+        positive: positive class of a two-class task; default the training minority.
+
+    Raises:
+        ValueError: bad data or options, AUG whose test images differ from DATA's, runs that
+            disagree on the test set or positive class.
+    """
+    config = train_config or TrainConfig()
+    data_dir, report_dir = Path(data_dir), Path(report_dir)
+    augmented_dir = None if augmented_dir is None else Path(augmented_dir)
+    runs, skipped = select_runs(models, has_augmented=augmented_dir is not None)
+    if skipped:
+        warnings.warn(
+            f"no --augmented data given: running only the original-data runs; skipped "
+            f"{', '.join(skipped)} (they need the diffaug-balanced copy of DATA)",
+            UserWarning,
+            stacklevel=2,
+        )
+    if any(spec.data == "balanced" for spec in runs):
+        check_same_test_split(data_dir, augmented_dir, config)
+    sources = {"original": data_dir, "balanced": augmented_dir}
+
+    trained, outcomes = [], []
+    bar = tqdm(runs, desc="compare", unit="run", disable=not progress)
+    for spec in bar:
+        bar.set_postfix_str(spec.label)
+        run_dir = report_dir / RUNS_FOLDER / spec.label
+        run_config = dataclasses.replace(config, model=spec.model)
+        if not run_is_complete(run_dir, run_config, sources[spec.data]):
+            fit(sources[spec.data], run_dir, run_config, progress=progress, overwrite=True)
+            trained.append(spec.label)
+        metrics = _evaluation(run_dir, data_dir, run_config, n_bootstrap, positive,
+                              fresh=spec.label in trained)
+        outcomes.append(RunOutcome(spec.label, spec.model, spec.data, spec.role, run_dir,
+                                   metrics, *_read_predictions(run_dir, metrics["class_names"])))
+    reference = next((o.label for o in outcomes if o.role == "proposed"), outcomes[0].label)
+    rows, files = write_report(
+        report_dir, outcomes, reference=reference, n_bootstrap=n_bootstrap, seed=config.seed,
+        summary={
+            "data_dir": str(data_dir.resolve()),
+            "augmented_dir": None if augmented_dir is None else str(augmented_dir.resolve()),
+            "train_config": dataclasses.asdict(config),
+            "trained_this_call": trained,
+            "skipped_without_augmented": skipped,
+        },
+    )
+    return CompareResult(report_dir, runs, reference, trained, skipped, rows, files)
+
+
+def check_same_test_split(data_dir: Path, augmented_dir: Path, config: TrainConfig) -> None:
+    """Raise ValueError unless AUG's test split holds exactly DATA's test images.
+
+    The trainer splits DATA and AUG the same way (originals sorted by path, same seed), so a
+    difference means AUG is not a diffaug copy of DATA (or DATA changed since).
+    """
+    def test_images(root: Path) -> set[tuple[str, str]]:
+        dataset = discover_dataset(root, seed=config.seed, val_fraction=config.val_fraction,
+                                   test_fraction=config.test_fraction)
+        return {(s.path, s.class_name) for s in dataset.subset("test", originals_only=True)}
+
+    original, augmented = test_images(data_dir), test_images(augmented_dir)
+    if original != augmented:
+        differing = sorted(original ^ augmented)
+        raise ValueError(
+            f"the test images of {augmented_dir} differ from those of {data_dir} "
+            f"({len(differing)} differ, first: {differing[0][0]}); --augmented must be the "
+            "output of `diffaug balance DATA AUG` for this DATA"
+        )
+
+
+def _evaluation(run_dir: Path, data_dir: Path, config: TrainConfig, n_bootstrap: int,
+                positive: str | None, *, fresh: bool) -> dict:
+    """The run's metrics.json, recomputed unless an earlier call wrote it with these settings."""
+    metrics_path, model_path = run_dir / METRICS_FILE, run_dir / MODEL_FILE
+    if (not fresh and metrics_path.is_file() and (run_dir / PREDICTIONS_FILE).is_file()
+            and metrics_path.stat().st_mtime >= model_path.stat().st_mtime):
+        metrics = read_json(metrics_path)
+        same = (metrics.get("n_bootstrap") == n_bootstrap
+                and metrics.get("bootstrap_seed") == config.seed
+                and (positive is None or metrics.get("positive_class") == positive))
+        if same:
+            return metrics
+    return evaluate_run(run_dir, data_dir, n_bootstrap=n_bootstrap, positive=positive,
+                        seed=config.seed, device=config.device)
+
+
+def _read_predictions(run_dir: Path, class_names: list[str]) -> tuple[list[str], np.ndarray,
+                                                                       np.ndarray]:
+    """Test image paths, true class indices and class probabilities from predictions.csv."""
+    with (run_dir / PREDICTIONS_FILE).open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    paths = [row["path"] for row in rows]
+    y_true = np.array([class_names.index(row["true_class"]) for row in rows])
+    proba = np.array([[float(row[f"p_{name}"]) for name in class_names] for row in rows])
+    return paths, y_true, proba

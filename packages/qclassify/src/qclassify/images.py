@@ -1,0 +1,130 @@
+"""Reading images at their real bit depth and turning them into network inputs.
+
+torchvision's default loader (`Image.open(p).convert("RGB")`) clips 16-bit pixels to 255, so a
+16-bit medical PNG becomes almost white. Here every pixel is scaled by the maximum of its own
+bit depth (8-bit / 255, 16-bit / 65535) before anything else happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "ImageDataset",
+    "find_unreadable",
+    "list_images",
+    "make_preprocess",
+    "read_image",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# The normalisation every torchvision ImageNet classifier was trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Integer modes whose full scale is 16 bits. PIL opens 16-bit grayscale PNG/TIFF as "I;16*";
+# older Pillow versions (and some TIFF writers) give "I", which we read as 16-bit too.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_SIXTEEN_BIT_MAX = 65535.0
+_EIGHT_BIT_MAX = 255.0
+# 8-bit modes kept as one channel (alpha dropped); everything else 8-bit goes through RGB.
+_GRAYSCALE_MODES = ("1", "L", "LA", "La")
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    """Pixel intensities in [0, 1] as float32, shape (H, W) or (H, W, 3)."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.float64) / _SIXTEEN_BIT_MAX
+    elif image.mode == "F":
+        # Float images carry no full scale of their own; read them as intensities in [0, 1].
+        values = np.asarray(image, dtype=np.float64)
+    elif image.mode in _GRAYSCALE_MODES:
+        values = np.asarray(image.convert("L"), dtype=np.float64) / _EIGHT_BIT_MAX
+    else:
+        # RGB, RGBA (alpha dropped), P/PA (palette expanded), CMYK, YCbCr, ...
+        values = np.asarray(image.convert("RGB"), dtype=np.float64) / _EIGHT_BIT_MAX
+    return np.clip(values, 0.0, 1.0).astype(np.float32)
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Read an image as a float tensor (C, H, W) in [0, 1], C = 1 (grayscale) or 3 (colour).
+
+    The scale follows the file's bit depth: 8-bit values are divided by 255, 16-bit values
+    (PIL modes ``I;16*`` and ``I``) by 65535; float images (``F``) are clipped to [0, 1].
+    Alpha channels are dropped and palette images expanded to RGB.
+
+    Raises:
+        ValueError: the file is missing, not an image, or truncated.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            values = _pixels(image)
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+    tensor = torch.from_numpy(values)
+    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+def make_preprocess(image_size: int) -> v2.Compose:
+    """The input transform of every model: resize to a square, 3 channels, ImageNet statistics.
+
+    Grayscale images are repeated to three channels (section 2.3.1: "grayscale converted to
+    RGB") after resizing, which gives the same result as before and costs a third as much.
+    """
+    return v2.Compose(
+        [
+            v2.Resize((image_size, image_size), antialias=True),
+            v2.RGB(),
+            v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        ]
+    )
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files (by extension, case-insensitive) below `folder`, recursively, sorted."""
+    return sorted(
+        path
+        for path in Path(folder).rglob("*")
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def find_unreadable(paths: Sequence[str | Path]) -> dict[str, str]:
+    """Map each path that cannot be decoded to the reason; readable paths are left out."""
+    problems = {}
+    for path in paths:
+        try:
+            read_image(path)
+        except ValueError as err:
+            problems[str(path)] = str(err.__cause__ or err)
+    return problems
+
+
+class ImageDataset(Dataset):
+    """(image tensor, label) pairs for a list of files; label -1 when there is none."""
+
+    def __init__(
+        self, paths: Sequence[str | Path], labels: Sequence[int] | None, image_size: int
+    ) -> None:
+        if labels is not None and len(labels) != len(paths):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.paths = [Path(path) for path in paths]
+        self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
+        self.preprocess = make_preprocess(image_size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.preprocess(read_image(self.paths[index])), self.labels[index]

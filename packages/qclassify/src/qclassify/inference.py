@@ -1,0 +1,275 @@
+"""Using a finished run folder: load its model, predict images, evaluate its test split."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from qclassify.batches import make_loader, predict_logits
+from qclassify.data import read_split_csv
+from qclassify.images import ImageDataset, find_unreadable, list_images
+from qclassify.metrics import evaluate_predictions
+from qclassify.models import build_model, count_parameters, resolve_device
+from qclassify.report import plot_confusion_matrix, plot_roc
+from qclassify.runfolder import (
+    CONFIG_FILE,
+    CONFUSION_MATRIX_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    PREDICTIONS_FILE,
+    ROC_FILE,
+    SPLIT_FILE,
+    read_json,
+    read_torch,
+    write_csv,
+    write_json,
+)
+
+__all__ = ["LoadedRun", "evaluate_run", "load_run", "predict_paths", "predict_proba"]
+
+_CHECKPOINT_KEYS = ("model", "class_names", "n_qubits", "n_layers", "q_backend", "image_size",
+                    "state_dict")
+
+
+@dataclass
+class LoadedRun:
+    """A run folder's best model (in eval mode, on `device`) and what describes it."""
+
+    run_dir: Path
+    model: nn.Module
+    model_name: str
+    class_names: list[str]
+    image_size: int
+    positive_class: str | None
+    device: torch.device
+    config: dict  # config.json; empty when the folder has none
+
+    def proba(
+        self, paths: Sequence[str | Path], *, batch_size: int = 32, progress: bool = False
+    ) -> tuple[np.ndarray, float]:
+        """Class probabilities (N, C) of image files, and the model's forward seconds."""
+        return predict_proba(self.model, paths, image_size=self.image_size,
+                             batch_size=batch_size, device=self.device, progress=progress)
+
+
+def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
+    """Rebuild the model saved in ``run_dir/model.pt``; no other file is required.
+
+    Raises:
+        ValueError: no such folder, no ``model.pt`` (training not run or not finished), or a
+            file that is not a qclassify checkpoint.
+    """
+    run_dir = Path(run_dir)
+    model_path = run_dir / MODEL_FILE
+    if not run_dir.is_dir():
+        raise ValueError(f"run folder {run_dir} does not exist")
+    if not model_path.is_file():
+        raise ValueError(
+            f"{run_dir} holds no {MODEL_FILE}: train it with `qclassify fit` (or let the "
+            "training finish) first"
+        )
+    checkpoint = read_torch(model_path)
+    if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in _CHECKPOINT_KEYS):
+        raise ValueError(f"{model_path} is not a qclassify checkpoint (written by `qclassify fit`)")
+    class_names = list(checkpoint["class_names"])
+    model = build_model(
+        checkpoint["model"], len(class_names), weights="none",
+        n_qubits=checkpoint["n_qubits"], n_layers=checkpoint["n_layers"],
+        q_backend=checkpoint["q_backend"],
+    )
+    model.load_state_dict(checkpoint["state_dict"])
+    resolved = resolve_device(device)
+    config_path = run_dir / CONFIG_FILE
+    return LoadedRun(
+        run_dir=run_dir,
+        model=model.to(resolved).eval(),
+        model_name=checkpoint["model"],
+        class_names=class_names,
+        image_size=int(checkpoint["image_size"]),
+        positive_class=checkpoint.get("positive_class"),
+        device=resolved,
+        config=read_json(config_path) if config_path.is_file() else {},
+    )
+
+
+def predict_proba(
+    model: nn.Module,
+    paths: Sequence[str | Path],
+    *,
+    image_size: int,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> tuple[np.ndarray, float]:
+    """Softmax probabilities (eq. 14), float64 (N, C), of image files in the given order, and
+    the seconds the model's forward passes took (image decoding excluded)."""
+    device = torch.device(device)
+    loader = make_loader(ImageDataset(paths, None, image_size), batch_size=batch_size,
+                         device=device)
+    logits, _, forward_seconds = predict_logits(model, loader, device, progress=progress)
+    return torch.softmax(logits.double(), dim=1).numpy(), forward_seconds
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data_dir: str | Path | None = None,
+    *,
+    n_bootstrap: int = 500,
+    positive: str | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str = "auto",
+    progress: bool = False,
+) -> dict:
+    """Evaluate a run on the ORIGINAL images of its test split (from ``split.csv``).
+
+    Writes ``metrics.json`` (`qclassify.metrics.evaluate_predictions` plus
+    ``inference_ms_per_image``, ``n_parameters``, ``train_seconds`` and ``model``),
+    ``predictions.csv`` (``path,true_class,predicted_class,p_<class>...``),
+    ``confusion_matrix.png`` and ``roc.png`` into the run folder, and returns the metrics.
+
+    Args:
+        data_dir: the dataset folder; defaults to the one recorded in ``config.json``.
+        positive: positive class name of a two-class task; defaults to the training minority.
+
+    Raises:
+        ValueError: no model, no split.csv, test images missing, or a bad `positive`.
+    """
+    run = load_run(run_dir, device=device)
+    positive_index = _positive_index(positive, run)
+    data_dir = _data_dir(run, data_dir)
+    if not (run.run_dir / SPLIT_FILE).is_file():
+        raise ValueError(f"{run.run_dir} holds no {SPLIT_FILE}: cannot tell its test images")
+    test = [s for s in read_split_csv(run.run_dir / SPLIT_FILE)
+            if s.split == "test" and not s.synthetic]
+    if not test:
+        raise ValueError(f"{run.run_dir / SPLIT_FILE} lists no test images")
+    missing = [s.path for s in test if not (data_dir / s.path).is_file()]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} test image(s) of {SPLIT_FILE} are missing from {data_dir} "
+            f"(first: {missing[0]}); pass the DATA folder the run was trained on"
+        )
+    unknown = sorted({s.class_name for s in test} - set(run.class_names))
+    if unknown:
+        raise ValueError(f"test classes {', '.join(unknown)} are not classes of the model")
+    labels = np.array([run.class_names.index(s.class_name) for s in test])
+    proba, forward_seconds = run.proba([data_dir / s.path for s in test],
+                                       batch_size=batch_size, progress=progress)
+    metrics = evaluate_predictions(labels, proba, run.class_names, positive=positive_index,
+                                   n_bootstrap=n_bootstrap, seed=seed)
+    metrics.update(
+        model=run.model_name,
+        inference_ms_per_image=1000 * forward_seconds / len(test),
+        n_parameters=count_parameters(run.model),
+        train_seconds=_train_seconds(run.run_dir),
+    )
+    write_json(run.run_dir / METRICS_FILE, metrics)
+    _write_predictions(run, test, labels, proba)
+    title = f"{run.model_name} ({run.run_dir.name})"
+    plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), run.class_names,
+                          run.run_dir / CONFUSION_MATRIX_FILE, title=title)
+    (run.run_dir / ROC_FILE).unlink(missing_ok=True)
+    try:
+        plot_roc(labels, proba, run.class_names, run.run_dir / ROC_FILE,
+                 positive=positive_index, n_bootstrap=n_bootstrap, seed=seed, title=title)
+    except ValueError as err:  # a test split without both classes has no ROC curve
+        warnings.warn(f"no {ROC_FILE}: {err}", stacklevel=2)
+    return metrics
+
+
+def predict_paths(
+    run_dir: str | Path,
+    paths: Sequence[str | Path],
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    progress: bool = False,
+) -> list[dict[str, str | float]]:
+    """Predict image files and every image below folders (recursively, in path order).
+
+    Returns one row per readable image, keys in CSV column order:
+    ``path, predicted_class, p_<class>...``. Unreadable images are skipped with a warning.
+
+    Raises:
+        ValueError: a path does not exist, or no readable image was given.
+    """
+    run = load_run(run_dir, device=device)
+    files = _expand(paths)
+    for path, reason in find_unreadable(files).items():
+        warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=2)
+        files.remove(Path(path))
+    if not files:
+        raise ValueError(f"no readable images among {', '.join(str(p) for p in paths)}")
+    proba, _ = run.proba(files, batch_size=batch_size, progress=progress)
+    return [
+        {"path": str(path), "predicted_class": run.class_names[int(np.argmax(row))],
+         **_probability_columns(run.class_names, row)}
+        for path, row in zip(files, proba, strict=True)
+    ]
+
+
+def _expand(paths: Sequence[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += list_images(path)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ValueError(f"{path} does not exist")
+    return files
+
+
+def _probability_columns(class_names: list[str], row: np.ndarray) -> dict[str, float]:
+    return {f"p_{name}": float(p) for name, p in zip(class_names, row, strict=True)}
+
+
+def _data_dir(run: LoadedRun, data_dir: str | Path | None) -> Path:
+    if data_dir is not None:
+        return Path(data_dir)
+    if "data_dir" not in run.config:
+        raise ValueError(f"{run.run_dir} records no data folder; pass DATA")
+    return Path(run.config["data_dir"])
+
+
+def _positive_index(positive: str | None, run: LoadedRun) -> int | None:
+    if len(run.class_names) != 2:
+        if positive is not None:
+            raise ValueError(f"--positive applies to two-class tasks; this run has "
+                             f"{len(run.class_names)} classes")
+        return None
+    name = positive if positive is not None else run.positive_class
+    if name is None:
+        return None
+    if name not in run.class_names:
+        raise ValueError(f"--positive {name!r} is not a class; choose one of "
+                         f"{', '.join(run.class_names)}")
+    return run.class_names.index(name)
+
+
+def _train_seconds(run_dir: Path) -> float | None:
+    history = run_dir / HISTORY_FILE
+    if not history.is_file():
+        return None
+    with history.open(newline="", encoding="utf-8") as handle:
+        return sum(float(row["seconds"]) for row in csv.DictReader(handle))
+
+
+def _write_predictions(run: LoadedRun, test, labels: np.ndarray, proba: np.ndarray) -> None:
+    columns = ["path", "true_class", "predicted_class", *(f"p_{c}" for c in run.class_names)]
+    rows = (
+        {"path": sample.path, "true_class": run.class_names[label],
+         "predicted_class": run.class_names[int(np.argmax(row))],
+         **_probability_columns(run.class_names, row)}
+        for sample, label, row in zip(test, labels, proba, strict=True)
+    )
+    write_csv(run.run_dir / PREDICTIONS_FILE, columns, rows)

@@ -1,0 +1,229 @@
+"""The quantum-enhanced MobileNetV2 (sections 2.3-2.4) and the classical baselines.
+
+Every model comes from one table (`ARCHITECTURES`): the torchvision network it starts from and,
+for a baseline, which final ``Linear`` is replaced by one with ``num_classes`` outputs.
+ImageNet weights come from torchvision's weights enums (downloaded once into the torch hub
+cache, ``$TORCH_HOME/hub/checkpoints``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import WeightsEnum, get_model, get_model_weights
+
+from qclassify.quantum import QuantumFeatureLayer
+from qclassify.runfolder import read_torch
+
+__all__ = [
+    "ARCHITECTURES",
+    "IMAGENET_WEIGHTS",
+    "MIN_IMAGE_SIZE",
+    "MODEL_NAMES",
+    "QuantumMobileNetV2",
+    "WeightsUnavailableError",
+    "build_model",
+    "check_image_size",
+    "count_parameters",
+    "imagenet_weights",
+    "load_weights_file",
+    "resolve_device",
+]
+
+# MobileNetV2's feature map has 1280 channels (section 2.3.1).
+MOBILENET_V2_FEATURES = 1280
+# Every backbone downsamples by 32; VGG16 and DenseNet121 fail on smaller inputs, and below it
+# the others would classify a single zero-padded pixel.
+MIN_IMAGE_SIZE = 32
+# The weights every torchvision backbone here offers (the original ImageNet-1k training).
+IMAGENET_WEIGHTS = "IMAGENET1K_V1"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights could not be downloaded or read."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How to build one model: its torchvision network and the classifier layer to replace."""
+
+    torchvision_name: str
+    head: str | None  # dotted path of the final Linear; None for the quantum model
+
+
+ARCHITECTURES = {
+    "qmobilenet": Architecture("mobilenet_v2", head=None),
+    "mobilenet_v2": Architecture("mobilenet_v2", head="classifier.1"),
+    "resnet18": Architecture("resnet18", head="fc"),
+    "densenet121": Architecture("densenet121", head="classifier"),
+    "vgg16": Architecture("vgg16", head="classifier.6"),
+}
+MODEL_NAMES = tuple(ARCHITECTURES)
+
+
+def imagenet_weights(torchvision_name: str) -> WeightsEnum:
+    """The ImageNet weights enum member of a torchvision model, e.g.
+    ``MobileNet_V2_Weights.IMAGENET1K_V1`` for ``"mobilenet_v2"``."""
+    return get_model_weights(torchvision_name)[IMAGENET_WEIGHTS]
+
+
+def _torchvision_model(torchvision_name: str, weights: WeightsEnum | None) -> nn.Module:
+    if weights is None:
+        return get_model(torchvision_name, weights=None)
+    try:
+        return get_model(torchvision_name, weights=weights)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError; a corrupt file a RuntimeError
+        reason = " ".join(str(err).split())
+        raise WeightsUnavailableError(
+            f"could not load ImageNet weights for {torchvision_name} ({weights}: {reason}): "
+            "no network? use --weights none or --weights PATH"
+        ) from err
+
+
+class QuantumMobileNetV2(nn.Module):
+    """MobileNetV2 features -> GAP -> Linear(1280, 2^n) + ReLU -> quantum layer -> Linear(n, C).
+
+    Args:
+        num_classes: number of output logits.
+        n_qubits: qubits n of the quantum layer; the reduction layer has 2^n outputs (eq. 6).
+        n_layers: rotation + entanglement layers L of the circuit (eqs. 9-11).
+        backend: ``"torch"`` (exact simulation) or ``"pennylane"`` (``qml.qnn.TorchLayer``).
+        weights: torchvision ``MobileNet_V2_Weights`` for the features, or None (random init).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        n_qubits: int = 4,
+        n_layers: int = 2,
+        backend: str = "torch",
+        weights: WeightsEnum | None = None,
+    ) -> None:
+        super().__init__()
+        self.features = _torchvision_model("mobilenet_v2", weights).features
+        # eq. 6: the paper's 256 = 2^8 is the n_qubits=8 case
+        self.reduce = nn.Sequential(nn.Linear(MOBILENET_V2_FEATURES, 2**n_qubits), nn.ReLU())
+        # eqs. 7-12: amplitude encoding, L RY/CNOT layers, <Z> per qubit
+        self.quantum = QuantumFeatureLayer(n_qubits=n_qubits, n_layers=n_layers, backend=backend)
+        self.head = nn.Linear(n_qubits, num_classes)  # eq. 13
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, num_classes) for images (B, 3, H, W); softmax (eq. 14) is left to
+        the loss and to prediction."""
+        # Global average pooling (eq. 5) as a mean: unlike adaptive pooling, its CUDA backward
+        # is deterministic.
+        pooled = self.features(images).mean(dim=(2, 3))
+        return self.head(self.quantum(self.reduce(pooled)))
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    *,
+    weights: str | Path = "none",
+    n_qubits: int = 4,
+    n_layers: int = 2,
+    q_backend: str = "torch",
+) -> nn.Module:
+    """Build a model of `MODEL_NAMES` with `num_classes` outputs.
+
+    Args:
+        weights: ``"imagenet"`` (torchvision's ImageNet weights for the backbone, new head),
+            ``"none"`` (random init), or the path of a state dict of the WHOLE model (same name
+            and number of classes), either saved with ``torch.save(model.state_dict(), path)``
+            or a qclassify ``model.pt`` checkpoint.
+        n_qubits, n_layers, q_backend: the quantum layer of ``"qmobilenet"`` (ignored otherwise).
+
+    Raises:
+        ValueError: unknown name or weights, fewer than two classes, a weights file that does
+            not fit. WeightsUnavailableError: ImageNet weights cannot be downloaded.
+    """
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs at least two classes; got {num_classes}")
+    weights_file = _weights_file(weights)
+    architecture = ARCHITECTURES[name]
+    tv_weights = imagenet_weights(architecture.torchvision_name) if weights == "imagenet" else None
+    if architecture.head is None:
+        model = QuantumMobileNetV2(num_classes, n_qubits, n_layers, q_backend, weights=tv_weights)
+    else:
+        model = _torchvision_model(architecture.torchvision_name, tv_weights)
+        _replace_linear(model, architecture.head, num_classes)
+    if weights_file is not None:
+        load_weights_file(model, weights_file)
+    return model
+
+
+def _weights_file(weights: str | Path) -> Path | None:
+    if str(weights) in ("imagenet", "none"):
+        return None
+    path = Path(weights)
+    if not path.is_file():
+        raise ValueError(f"weights must be 'imagenet', 'none' or an existing file; got {weights}")
+    return path
+
+
+def _replace_linear(model: nn.Module, dotted_path: str, num_classes: int) -> None:
+    parent_path, _, attribute = dotted_path.rpartition(".")
+    old = model.get_submodule(dotted_path)
+    # setattr also replaces a numbered child of nn.Sequential ("classifier.1").
+    setattr(model.get_submodule(parent_path), attribute, nn.Linear(old.in_features, num_classes))
+
+
+def load_weights_file(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict (or a checkpoint dict with a ``state_dict`` entry) into `model`.
+
+    Raises:
+        ValueError: unreadable file, or tensors that do not match the model's (named in one line).
+    """
+    loaded = read_torch(path)
+    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights file {path} does not hold a state dict")
+    own = model.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    mismatched = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        example = (missing or unexpected or mismatched)[0]
+        raise ValueError(
+            f"weights file {path} does not fit this model: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected and {len(mismatched)} differently shaped tensors "
+            f"(first: {example}); it must come from the same model with the same classes"
+        )
+    model.load_state_dict(state)
+
+
+def check_image_size(image_size: int) -> None:
+    """Raise ValueError when `image_size` is below what the backbones accept."""
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"image size {image_size} is too small: the backbones downsample by 32, "
+            f"use --image-size {MIN_IMAGE_SIZE} or more"
+        )
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; any other torch device string as given.
+
+    Raises:
+        ValueError: a CUDA device is requested but CUDA is not available, or an unknown name.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return resolved
+
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of parameters (scalars) of `model`."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,109 @@
+"""The files of a run folder (DESIGN.md) and writing them atomically.
+
+Every file is written to a temporary name in the same folder and renamed into place, so a run
+folder never holds a half-written file, whatever happens during training.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+__all__ = [
+    "CONFIG_FILE",
+    "CONFUSION_MATRIX_FILE",
+    "HISTORY_FILE",
+    "METRICS_FILE",
+    "MODEL_FILE",
+    "PREDICTIONS_FILE",
+    "ROC_FILE",
+    "RUN_FILES",
+    "SPLIT_FILE",
+    "atomic_write",
+    "read_json",
+    "read_torch",
+    "write_csv",
+    "write_json",
+    "write_torch",
+]
+
+CONFIG_FILE = "config.json"
+SPLIT_FILE = "split.csv"
+MODEL_FILE = "model.pt"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+ROC_FILE = "roc.png"
+RUN_FILES = (
+    CONFIG_FILE,
+    SPLIT_FILE,
+    MODEL_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    CONFUSION_MATRIX_FILE,
+    ROC_FILE,
+)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(binary_file)`` on a temporary file beside `path`, then rename it to `path`."""
+    path = Path(path)
+    # Not tempfile.mkstemp: its files are private (0600); this one gets the usual permissions.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with temporary.open("xb") as file:
+            write(file)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Pretty, key-ordered-as-given JSON with a final newline."""
+    text = json.dumps(data, indent=2, allow_nan=True) + "\n"
+    return atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Parse a JSON file written by `write_json`."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_csv(
+    path: str | Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]
+) -> Path:
+    """A CSV file with a header row and one line per row (``\\n`` line endings)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write(path, lambda file: file.write(buffer.getvalue().encode("utf-8")))
+
+
+def write_torch(path: str | Path, obj: Any) -> Path:
+    """`torch.save` of `obj`, atomically."""
+    return atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def read_torch(path: str | Path) -> Any:
+    """`torch.load` (tensors and plain containers only) onto the CPU.
+
+    Raises:
+        ValueError: the file is unreadable or not a torch file, naming it.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged file surfaces as any of a dozen unpickling errors
+        raise ValueError(f"cannot read {path}: {' '.join(str(err).split())}") from err

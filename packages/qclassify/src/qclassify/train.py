@@ -1,0 +1,351 @@
+"""Training with the recipe of section 2.5, writing a run folder (DESIGN.md).
+
+Cross-entropy (eq. 15) with Adam(lr 1e-4, betas 0.9/0.999, weight decay 1e-4); the L2 term of
+eq. 15 is Adam's weight decay. Training stops when the validation loss has not improved for
+`patience` epochs, and the best epoch's weights are restored and saved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, roc_auc_score
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from qclassify.batches import deterministic_algorithms, make_loader, predict_logits
+from qclassify.data import SPLIT_COLUMNS, DatasetSplit, discover_dataset, split_csv_rows
+from qclassify.images import ImageDataset
+from qclassify.models import (
+    MODEL_NAMES,
+    build_model,
+    check_image_size,
+    count_parameters,
+    resolve_device,
+)
+from qclassify.runfolder import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    RUN_FILES,
+    SPLIT_FILE,
+    read_json,
+    write_csv,
+    write_json,
+    write_torch,
+)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "HISTORY_COLUMNS",
+    "EpochRecord",
+    "FitResult",
+    "TrainConfig",
+    "fit",
+    "run_is_complete",
+]
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "seconds")
+CHECKPOINT_FORMAT = 1
+# Options that decide where a run is computed, not what it computes: a finished run is reused
+# whatever they were.
+_PLACEMENT_OPTIONS = ("device", "num_workers")
+_VERSIONED_PACKAGES = ("qclassify", "torch", "torchvision", "pennylane", "numpy", "scikit-learn")
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``qclassify fit``; the defaults are the paper's recipe (section 2.5)."""
+
+    model: str = "qmobilenet"
+    qubits: int = 4
+    qlayers: int = 2
+    q_backend: str = "torch"
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    patience: int = 5
+    image_size: int = 224
+    weights: str = "imagenet"
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first option with an impossible value."""
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+        for name in ("qubits", "qlayers", "epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.num_workers < 0:
+            raise ValueError("--num-workers must be 0 or more")
+        if not (self.lr > 0 and self.weight_decay >= 0):
+            raise ValueError("--lr must be positive and --weight-decay non-negative")
+        check_image_size(self.image_size)
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One row of ``history.csv``."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_auc: float
+    seconds: float
+
+    def summary(self, total_epochs: int | None = None) -> str:
+        """The one-line log of the epoch ("epoch 3/30  train_loss ...")."""
+        of_total = "" if total_epochs is None else f"/{total_epochs}"
+        return (
+            f"epoch {self.epoch}{of_total}  train_loss {self.train_loss:.4f}  val_loss {self.val_loss:.4f}  "
+            f"val_accuracy {self.val_accuracy:.4f}  val_auc {self.val_auc:.4f}  "
+            f"{self.seconds:.1f}s"
+        )
+
+
+@dataclass
+class FitResult:
+    """What `fit` did: the run folder, every epoch, and which epoch's weights were kept."""
+
+    run_dir: Path
+    history: list[EpochRecord]
+    best_epoch: int
+    stopped_early: bool
+    class_names: list[str]
+    n_parameters: int
+    device: str
+    train_seconds: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.train_seconds = sum(record.seconds for record in self.history)
+
+
+def fit(
+    data_dir: str | Path,
+    run_dir: str | Path,
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> FitResult:
+    """Train `config.model` on `data_dir` and write the run folder `run_dir`.
+
+    Writes ``config.json`` and ``split.csv`` first, ``history.csv`` after every epoch and
+    ``model.pt`` (the best epoch's weights and everything needed to rebuild the model) last.
+
+    Args:
+        progress: show a progress bar per epoch (tqdm, on stderr).
+        overwrite: replace the run files of an earlier run in `run_dir`; otherwise such a
+            folder is refused.
+        on_epoch: called with each epoch's record as soon as the epoch ends.
+
+    Raises:
+        ValueError: bad options, bad data (see `discover_dataset`), an occupied run folder.
+        WeightsUnavailableError: ImageNet weights requested but not downloadable.
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    data_dir, run_dir = Path(data_dir).resolve(), Path(run_dir)
+    dataset = discover_dataset(
+        data_dir, seed=config.seed, val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+    )
+    torch.manual_seed(config.seed)  # model initialisation draws from torch's global generator
+    model = build_model(
+        config.model, len(dataset.class_names), weights=config.weights,
+        n_qubits=config.qubits, n_layers=config.qlayers, q_backend=config.q_backend,
+    )
+    _prepare_run_dir(run_dir, overwrite)
+    run_info = _run_info(data_dir, config, dataset, model, device)
+    write_json(run_dir / CONFIG_FILE, run_info)
+    write_csv(run_dir / SPLIT_FILE, SPLIT_COLUMNS, split_csv_rows(dataset))
+
+    with deterministic_algorithms():
+        history, best_epoch, best_state = _train(model, dataset, config, device, run_dir,
+                                                 progress, on_epoch)
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "model": config.model,
+        "class_names": list(dataset.class_names),
+        "n_qubits": config.qubits,
+        "n_layers": config.qlayers,
+        "q_backend": config.q_backend,
+        "image_size": config.image_size,
+        "positive_class": run_info["positive_class"],
+        "best_epoch": best_epoch,
+        "state_dict": best_state,
+    }
+    write_torch(run_dir / MODEL_FILE, checkpoint)
+    model.load_state_dict(best_state)
+    return FitResult(
+        run_dir=run_dir,
+        history=history,
+        best_epoch=best_epoch,
+        stopped_early=len(history) < config.epochs,
+        class_names=list(dataset.class_names),
+        n_parameters=run_info["n_parameters"],
+        device=str(device),
+    )
+
+
+def run_is_complete(
+    run_dir: str | Path, config: TrainConfig, data_dir: str | Path | None = None
+) -> bool:
+    """True when `run_dir` holds a finished `fit` with the same options (and data, if given).
+
+    Device and number of workers are not compared: they change where a run is computed, not
+    what it computes.
+    """
+    run_dir = Path(run_dir)
+    if not all((run_dir / name).is_file() for name in (CONFIG_FILE, HISTORY_FILE, MODEL_FILE)):
+        return False
+    try:
+        stored = read_json(run_dir / CONFIG_FILE)
+    except (OSError, ValueError):
+        return False
+    wanted = _comparable_options(config)
+    found = {k: v for k, v in stored.get("options", {}).items() if k not in _PLACEMENT_OPTIONS}
+    same_data = data_dir is None or stored.get("data_dir") == str(Path(data_dir).resolve())
+    return found == wanted and same_data
+
+
+def _train(model, dataset, config, device, run_dir, progress, on_epoch):
+    def loader(split: str, shuffle: bool) -> DataLoader:
+        samples = dataset.subset(split)
+        images = ImageDataset(dataset.paths(samples), dataset.labels(samples), config.image_size)
+        return make_loader(images, batch_size=config.batch_size, num_workers=config.num_workers,
+                           shuffle=shuffle, seed=config.seed, device=device)
+
+    train_loader, val_loader = loader("train", shuffle=True), loader("val", shuffle=False)
+    model.to(device)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay
+    )
+    history: list[EpochRecord] = []
+    best_epoch, best_loss, best_state = 0, math.inf, None
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        train_loader.sampler.set_epoch(epoch)
+        train_loss = _train_epoch(model, train_loader, optimizer, device,
+                                  progress=progress, desc=f"epoch {epoch}/{config.epochs}")
+        logits, labels, _ = predict_logits(model, val_loader, device)
+        val_loss = F.cross_entropy(logits, labels).item()
+        proba = torch.softmax(logits, dim=1).numpy()
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            val_accuracy=float(accuracy_score(labels.numpy(), proba.argmax(axis=1))),
+            val_auc=_auc(labels.numpy(), proba),
+            seconds=time.perf_counter() - start,
+        )
+        history.append(record)
+        write_csv(run_dir / HISTORY_FILE, HISTORY_COLUMNS, (asdict(r) for r in history))
+        if on_epoch is not None:
+            on_epoch(record)
+        if val_loss < best_loss:
+            best_epoch, best_loss = epoch, val_loss
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        elif epoch - best_epoch >= config.patience:
+            break
+    if best_state is None:  # every validation loss was NaN: keep the last weights
+        best_epoch = len(history)
+        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return history, best_epoch, best_state
+
+
+def _train_epoch(model, loader, optimizer, device, *, progress: bool, desc: str) -> float:
+    """One pass over `loader`; the mean cross-entropy (eq. 15 without its L2 term) per image."""
+    model.train()
+    total_loss, n_images = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
+    for images, labels in bar:
+        images, labels = images.to(device, non_blocking=True), labels.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(labels)
+        n_images += len(labels)
+        bar.set_postfix(loss=f"{total_loss / n_images:.4f}", refresh=False)
+    return total_loss / n_images
+
+
+def _auc(labels: np.ndarray, proba: np.ndarray) -> float:
+    """ROC AUC: positive-class probability for two classes, one-vs-rest macro for more;
+    NaN when the validation set misses a class."""
+    if len(np.unique(labels)) < proba.shape[1]:
+        return math.nan
+    if proba.shape[1] == 2:
+        return float(roc_auc_score(labels, proba[:, 1]))
+    return float(roc_auc_score(labels, proba, multi_class="ovr", average="macro"))
+
+
+def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if existing and not overwrite:
+        state = "a finished" if (run_dir / MODEL_FILE).exists() else "an unfinished"
+        raise ValueError(
+            f"{run_dir} already holds {state} run; pass --overwrite or choose another --out"
+        )
+    for name in existing:
+        (run_dir / name).unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _comparable_options(config: TrainConfig) -> dict:
+    options = json.loads(json.dumps(asdict(config)))
+    return {k: v for k, v in options.items() if k not in _PLACEMENT_OPTIONS}
+
+
+def _run_info(data_dir: Path, config: TrainConfig, dataset: DatasetSplit, model, device) -> dict:
+    train_originals = dataset.subset("train", originals_only=True)
+    original_counts = {name: 0 for name in dataset.class_names}
+    for sample in train_originals:
+        original_counts[sample.class_name] += 1
+    # Binary tasks: the positive class is the training minority (of the original images, so a
+    # balanced copy of the same data keeps it); ties go to the first class name.
+    positive = (
+        min(dataset.class_names, key=lambda name: original_counts[name])
+        if len(dataset.class_names) == 2 else None
+    )
+    return {
+        "options": asdict(config),
+        "data_dir": str(data_dir),
+        "layout": dataset.layout,
+        "class_names": list(dataset.class_names),
+        "positive_class": positive,
+        "class_counts": {split: dataset.class_counts(split) for split in ("train", "val", "test")},
+        "train_original_counts": original_counts,
+        "n_synthetic_train": sum(s.synthetic for s in dataset.samples),
+        "n_parameters": count_parameters(model),
+        "device": str(device),
+        "versions": {"python": platform.python_version(), **_versions()},
+    }
+
+
+def _versions() -> dict[str, str | None]:
+    found = {}
+    for package in _VERSIONED_PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found

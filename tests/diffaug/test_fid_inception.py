@@ -1,0 +1,281 @@
+"""FID/KID through pytorch-fid's InceptionV3 (`diffaug.features`, `diffaug fid`).
+
+No real weights: a session fixture writes a randomly initialised FID Inception state dict into a
+temporary $TORCH_HOME, where pytorch-fid's own loader finds it. Kinds: reference implementation
+(`python -m pytorch_fid` as a subprocess, pytorch-fid's statistics and its batch-resizing
+network in process), analytic oracles (16-bit 257·k equals 8-bit k), mocked heavy model (the
+`balance --fid` wiring) and CLI tests (one-line errors, warnings on stderr).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+pf_inception = pytest.importorskip("pytorch_fid.inception")
+fid_score = pytest.importorskip("pytorch_fid.fid_score")
+
+from click.testing import CliRunner  # noqa: E402
+from diffaug import balance_folder  # noqa: E402
+from diffaug.cli import main  # noqa: E402
+from diffaug.features import (  # noqa: E402
+    InceptionFeatures,
+    InceptionWeightsError,
+    list_images,
+    load_inception_input,
+)
+from diffaug.fid import (  # noqa: E402
+    FeatureStatistics,
+    FewImagesWarning,
+    compute_fid,
+    fid_of_balanced_classes,
+)
+from diffaug.io import MANIFEST_NAME, read_manifest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
+DIMS = 64  # first max-pool block: three convolutions, fast on a CPU
+PYTORCH_FID_RTOL = 1e-3  # the issue's agreement target with `python -m pytorch_fid`
+FEATURE_RTOL = 1e-4  # float32 convolutions in another memory layout / batch composition
+SAME_FEATURES_RTOL = 1e-6  # one feature set, two exact trace formulas
+
+
+@pytest.fixture(scope="session")
+def random_weights_home(tmp_path_factory) -> Path:
+    """A TORCH_HOME whose hub cache holds a random FID Inception state dict. The network is
+    pytorch-fid's own `fid_inception_v3()` with the download and the load stubbed out; the
+    convolutions get He initialisation so activations neither vanish nor explode."""
+    home = tmp_path_factory.mktemp("torch-home")
+    path = home / "hub" / "checkpoints" / WEIGHTS_NAME
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    with mock.patch.object(pf_inception, "load_state_dict_from_url", return_value={}), \
+            mock.patch.object(torchvision.models.Inception3, "load_state_dict"):
+        network = pf_inception.fid_inception_v3()
+    for module in network.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    torch.save(network.state_dict(), path)
+    return home
+
+
+@pytest.fixture
+def torch_home(random_weights_home: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("TORCH_HOME", str(random_weights_home))
+    return random_weights_home
+
+
+def write_images(folder: Path, count: int, *, brightness: float = 100, seed: int = 0,
+                 sizes=((24, 24),)) -> list[Path]:
+    """`count` noisy 8-bit images, alternating L and RGB, cycling through `sizes` (w, h)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        width, height = sizes[index % len(sizes)]
+        pixels = np.clip(rng.normal(brightness, 40, (height, width, 3)), 0, 255).astype(np.uint8)
+        image = Image.fromarray(pixels if index % 2 else pixels[..., 0])
+        paths.append(folder / f"img_{index:02d}.png")
+        image.save(paths[-1])
+    return paths
+
+
+@pytest.fixture
+def two_folders(tmp_path: Path) -> tuple[Path, Path]:
+    write_images(tmp_path / "real", 16, seed=1)
+    write_images(tmp_path / "other", 16, brightness=140, seed=2)
+    return tmp_path / "real", tmp_path / "other"
+
+
+def test_fid_equals_pytorch_fid_cli(torch_home, two_folders) -> None:
+    """Reference implementation: `python -m pytorch_fid A B` on the same folders."""
+    real, other = two_folders
+    command = [sys.executable, "-m", "pytorch_fid", str(real), str(other), "--device", "cpu",
+               "--dims", str(DIMS), "--num-workers", "0", "--batch-size", "8"]
+    finished = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
+    expected = float(finished.stdout.split("FID:")[1].split()[0])
+    with pytest.warns(FewImagesWarning):
+        report = compute_fid(real, other, dims=DIMS, device="cpu", batch_size=5)
+    assert report.fid == pytest.approx(expected, rel=PYTORCH_FID_RTOL)
+    assert (report.n_real, report.n_other) == (16, 16)
+
+
+def test_saved_statistics_equal_pytorch_fids(torch_home, two_folders, tmp_path) -> None:
+    """Reference implementation: pytorch-fid's calculate_activation_statistics (batch-resizing
+    network, ToTensor scaling); CLI --save-stats writes them, and FID from the .npz equals FID
+    from the folder."""
+    real, other = two_folders
+    out = tmp_path / "real-stats.npz"
+    runner = CliRunner()
+    result = runner.invoke(main, ["fid", str(real), str(out), "--save-stats", "--dims", str(DIMS),
+                                  "--device", "cpu", "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    network = pf_inception.InceptionV3([pf_inception.InceptionV3.BLOCK_INDEX_BY_DIM[DIMS]])
+    mu, sigma = fid_score.calculate_activation_statistics(
+        list_images(real), network, batch_size=8, dims=DIMS, device="cpu", num_workers=0)
+    saved = FeatureStatistics.load(out)
+    np.testing.assert_allclose(saved.mu, mu, rtol=FEATURE_RTOL, atol=FEATURE_RTOL * np.abs(mu).max())
+    np.testing.assert_allclose(saved.sigma, sigma, rtol=FEATURE_RTOL,
+                               atol=FEATURE_RTOL * np.abs(sigma).max())
+    with pytest.warns(FewImagesWarning):
+        from_folders = compute_fid(real, other, dims=DIMS, device="cpu").fid
+    result = runner.invoke(main, ["fid", str(out), str(other), "--dims", str(DIMS), "--device",
+                                  "cpu", "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    printed = float(result.stdout.split("FID:")[1].split()[0])
+    assert printed == pytest.approx(from_folders, rel=SAME_FEATURES_RTOL)
+
+
+def test_mixed_sizes_are_resized_per_image(torch_home, tmp_path) -> None:
+    """Reference implementation: each image alone through pytorch-fid's InceptionV3 with its
+    own bilinear resize (`resize_input=True`), where pytorch-fid itself cannot batch them."""
+    files = write_images(tmp_path / "mixed", 4, sizes=[(20, 20), (33, 17), (40, 28), (299, 310)])
+    ours = InceptionFeatures(dims=DIMS, device="cpu", batch_size=3)(files)
+    network = pf_inception.InceptionV3([0]).eval()
+    with torch.no_grad():
+        expected = np.stack([
+            network(torchvision.transforms.functional.to_tensor(
+                Image.open(path).convert("RGB"))[None])[0].mean(dim=(2, 3))[0].numpy()
+            for path in files
+        ])
+    np.testing.assert_allclose(ours, expected, rtol=FEATURE_RTOL,
+                               atol=FEATURE_RTOL * np.abs(expected).max())
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path) -> None:
+    """Analytic oracle: a 16-bit image of 257·k is the 8-bit image of k (65535 = 257·255), and
+    so is a float image of k/255; PIL's convert("RGB"), which pytorch-fid uses, clips instead."""
+    levels = np.random.default_rng(3).integers(0, 256, (9, 11))
+    Image.fromarray(levels.astype(np.uint8)).save(tmp_path / "eight.png")
+    Image.fromarray((levels * 257).astype(np.uint16)).save(tmp_path / "sixteen.png")
+    Image.fromarray((levels / 255).astype(np.float32)).save(tmp_path / "float.tif")
+    eight = load_inception_input(tmp_path / "eight.png")
+    assert Image.open(tmp_path / "sixteen.png").mode == "I;16"
+    torch.testing.assert_close(load_inception_input(tmp_path / "sixteen.png"), eight,
+                               rtol=0, atol=0)
+    torch.testing.assert_close(load_inception_input(tmp_path / "float.tif"), eight,
+                               rtol=0, atol=1e-6)
+    clipped = torchvision.transforms.functional.to_tensor(
+        Image.open(tmp_path / "sixteen.png").convert("RGB"))
+    assert clipped.mean() > 0.95 > eight.mean() + 0.3  # pytorch-fid sees an almost white image
+
+
+def test_recursive_folders_and_few_image_warning(torch_home, tmp_path) -> None:
+    """CLI: nested folders need --recursive (the error says so); FID and KID then match the
+    library on the same files, and the few-images warning goes to stderr."""
+    nested = write_images(tmp_path / "real" / "a", 3, seed=4)
+    nested += write_images(tmp_path / "real" / "b" / "c", 3, seed=5)
+    write_images(tmp_path / "other", 6, brightness=140, seed=6)
+    with pytest.raises(ValueError, match="--recursive"):
+        list_images(tmp_path / "real")
+    arguments = ["fid", str(tmp_path / "real"), str(tmp_path / "other"), "--dims", str(DIMS),
+                 "--device", "cpu", "--kid", "--quiet"]
+    result = CliRunner().invoke(main, [*arguments, "--recursive"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    with pytest.warns(FewImagesWarning, match="6 images for 64-dimensional"):
+        expected = compute_fid(sorted(nested), tmp_path / "other", dims=DIMS, device="cpu",
+                               kid=True)
+    fid_text, kid_text = result.stdout.split("FID:")[1].split("KID:")
+    assert float(fid_text) == pytest.approx(expected.fid, rel=SAME_FEATURES_RTOL)
+    kid_mean, kid_std = (float(value) for value in kid_text.split("±"))
+    assert kid_mean == pytest.approx(expected.kid.mean, rel=1e-5)  # printed with 6 digits
+    assert kid_std == pytest.approx(expected.kid.std, rel=1e-5, abs=1e-12)
+    assert "Warning:" in result.stderr and "KID" in result.stderr
+    assert "Warning:" not in result.stdout
+
+
+def one_line_cli_error(arguments: list[str], exit_code: int) -> str:
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    return result.output
+
+
+def test_missing_weights_offline_is_one_line(tmp_path, two_folders, monkeypatch) -> None:
+    """CLI: no cached weights and no network (mocked) -> the file pytorch-fid needs and where
+    to put it, exit 1."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-home"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        mock.Mock(side_effect=URLError("Name or service not known")))
+    expected_path = tmp_path / "empty-home" / "hub" / "checkpoints" / WEIGHTS_NAME
+    with pytest.raises(InceptionWeightsError) as caught:
+        compute_fid(*two_folders, dims=DIMS, device="cpu")
+    assert str(expected_path) in str(caught.value)
+    output = one_line_cli_error(["fid", *map(str, two_folders), "--device", "cpu"], 1)
+    assert WEIGHTS_NAME in output and str(expected_path) in output
+
+
+def test_unusable_weights_file_is_one_line(tmp_path, two_folders, monkeypatch) -> None:
+    """CLI: a truncated weights file is named, with the fix, exit 1."""
+    path = tmp_path / "home" / "hub" / "checkpoints" / WEIGHTS_NAME
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a state dict")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    output = one_line_cli_error(["fid", *map(str, two_folders), "--device", "cpu"], 1)
+    assert str(path) in output and "delete it" in output
+
+
+def test_unreadable_image_is_named(torch_home, two_folders) -> None:
+    """CLI: a broken file among the images is named in one line, exit 2."""
+    real, other = two_folders
+    (real / "broken.png").write_bytes(b"\x89PNG not really")
+    output = one_line_cli_error(["fid", str(real), str(other), "--dims", str(DIMS),
+                                 "--device", "cpu", "--quiet"], 2)
+    assert "broken.png" in output
+
+
+def test_balanced_classes_compare_synthetic_with_their_originals(torch_home, class_folders,
+                                                                 tmp_path) -> None:
+    """Library: for each class that received synthetic images, FID/KID of its originals vs
+    its synthetic files (from the manifest) — the same numbers as on those explicit lists."""
+    out = tmp_path / "out"
+    balance_folder(class_folders({"normal": 6, "stenosis": 3}), out, ratio=1, seed=0)
+    synthetic = [out / row.path for row in read_manifest(out / MANIFEST_NAME)]
+    originals = sorted((out / "stenosis").glob("img_*.png"))
+    with pytest.warns(FewImagesWarning):
+        reports = fid_of_balanced_classes(out, dims=DIMS, device="cpu")
+        expected = compute_fid(originals, synthetic, dims=DIMS, device="cpu", kid=True)
+    assert list(reports) == ["stenosis"]
+    assert (reports["stenosis"].n_real, reports["stenosis"].n_other) == (3, 3)
+    assert reports["stenosis"].fid == pytest.approx(expected.fid, rel=SAME_FEATURES_RTOL)
+    assert reports["stenosis"].kid.mean == pytest.approx(expected.kid.mean, rel=SAME_FEATURES_RTOL)
+
+
+class PixelFeatures:
+    """Mocked Inception: 3x8x8 average-pooled pixels of pytorch-fid's input tensor."""
+
+    dims = 192
+
+    def __init__(self, **options) -> None:
+        pass
+
+    def __call__(self, files, *, on_batch=None):
+        pooled = [torch.nn.functional.adaptive_avg_pool2d(load_inception_input(p), 8) for p in files]
+        if on_batch is not None:
+            on_batch(len(files))
+        return torch.stack(pooled).flatten(1).double().numpy()
+
+
+def test_cli_balance_reports_fid(class_folders, tmp_path, monkeypatch) -> None:
+    """CLI, mocked heavy model: `balance --fid` prints each balanced class's FID and KID,
+    equal to the library's numbers for that run folder."""
+    monkeypatch.setattr("diffaug.features.InceptionFeatures", PixelFeatures)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["balance", str(class_folders({"normal": 6, "stenosis": 3})), str(out),
+               "--ratio", "1", "--fid", "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    with pytest.warns(FewImagesWarning):
+        expected = fid_of_balanced_classes(out)["stenosis"]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("stenosis "))
+    assert float(line.split("FID:")[1].split()[0]) == pytest.approx(expected.fid, rel=1e-12)
+    assert "(3 synthetic, 3 originals)" in line

@@ -1,0 +1,124 @@
+"""CLI tests: fit / evaluate / predict through click, and every bad-input path."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+
+import pytest
+
+pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+from qclassify.cli import main  # noqa: E402
+
+TINY = ["--epochs", "1", "--batch-size", "4", "--image-size", "32", "--weights", "none",
+        "--device", "cpu", "--quiet"]
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _assert_one_line_error(result, *fragments: str, exit_code: int | None = None) -> None:
+    assert result.exit_code != 0
+    if exit_code is not None:
+        assert result.exit_code == exit_code
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    if result.exit_code == 1:  # click usage errors (2) print the usage line first
+        assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[-1], result.output
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in sorted(main.commands))])
+def test_every_command_has_help(command):
+    """CLI: --help works for the group and every command (also those added later)."""
+    result = _invoke(*command, "--help")
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_fit_evaluate_predict(image_folder, tmp_path):
+    """CLI: fit writes the run folder and prints one line per epoch; evaluate prints the six
+    metrics and writes metrics.json; predict prints the CSV the library returns."""
+    run = tmp_path / "run"
+    result = _invoke("fit", image_folder, "--out", run, "--model", "mobilenet_v2", *TINY)
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stdout.splitlines() if line.startswith("epoch 1/1")]
+    assert json.loads((run / "config.json").read_text())["options"]["model"] == "mobilenet_v2"
+
+    result = _invoke("evaluate", run, "--bootstrap", "20", "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    for name in ("accuracy", "precision", "recall", "specificity", "f1", "auc"):
+        assert any(line.startswith(name) for line in result.stdout.splitlines())
+    assert f"{metrics['accuracy']['value']:.4f}" in result.stdout
+    assert metrics["n_bootstrap"] == 20
+
+    result = _invoke("predict", run, image_folder / "stenosis", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == ["path", "predicted_class", "p_normal", "p_stenosis"]
+    assert len(rows) == 6
+
+
+def test_unreadable_image_is_named_and_skipped(image_folder, tmp_path):
+    """CLI: a corrupt image gives one warning line with its name, and training goes on."""
+    (image_folder / "normal" / "corrupt.png").write_bytes(b"not an image")
+    result = _invoke("fit", image_folder, "--out", tmp_path / "run", *TINY)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "corrupt.png" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: skipping unreadable image")
+    assert "corrupt.png" not in (tmp_path / "run" / "split.csv").read_text()
+
+
+@pytest.mark.parametrize(
+    ("arrange", "extra", "fragments", "exit_code"),
+    [
+        (lambda data: shutil.rmtree(data), [], ["does not exist"], 2),
+        (lambda data: (shutil.rmtree(data), data.mkdir()), [], ["no images"], 1),
+        (lambda data: shutil.rmtree(data / "stenosis"), [], ["only one class"], 1),
+        (lambda data: None, ["--image-size", "16"], ["too small", "--image-size 32"], 1),
+        (lambda data: None, ["--weights", "absent.pt"], ["--weights", "absent.pt"], 2),
+        (lambda data: None, ["--model", "alexnet"], ["--model"], 2),
+    ],
+    ids=["missing-folder", "empty-folder", "one-class", "image-too-small", "bad-weights",
+         "bad-model"],
+)
+def test_fit_bad_input(image_folder, tmp_path, arrange, extra, fragments, exit_code):
+    """CLI: each bad input is one clear error line, a non-zero exit and no traceback."""
+    arrange(image_folder)
+    # extra comes last: click keeps the last value of a repeated option
+    result = _invoke("fit", image_folder, "--out", tmp_path / "run", *TINY, *extra)
+    _assert_one_line_error(result, *fragments, exit_code=exit_code)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_refuses_an_occupied_run_folder(trained_run, tmp_path):
+    """CLI: an existing run is not overwritten without --overwrite."""
+    run, data = trained_run
+    occupied = shutil.copytree(run, tmp_path / "run")
+    result = _invoke("fit", data, "--out", occupied, *TINY)
+    _assert_one_line_error(result, "already holds a finished run", "--overwrite", exit_code=1)
+
+
+def test_evaluate_and_predict_without_model(tmp_path, image_folder):
+    """CLI: a run folder without model.pt is one error line for evaluate and predict."""
+    (tmp_path / "run").mkdir()
+    for args in (["evaluate", tmp_path / "run", image_folder],
+                 ["predict", tmp_path / "run", image_folder]):
+        _assert_one_line_error(_invoke(*args), "holds no model.pt", exit_code=1)
+
+
+def test_evaluate_bad_positive_and_predict_no_images(trained_run, tmp_path):
+    """CLI: an unknown --positive class, and predict on a folder without images."""
+    run, data = trained_run
+    copy = shutil.copytree(run, tmp_path / "run")
+    result = _invoke("evaluate", copy, "--positive", "tumour", "--device", "cpu")
+    _assert_one_line_error(result, "'tumour' is not a class", exit_code=1)
+    (tmp_path / "empty").mkdir()
+    result = _invoke("predict", run, tmp_path / "empty", "--device", "cpu")
+    _assert_one_line_error(result, "no readable images", exit_code=1)

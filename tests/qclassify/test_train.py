@@ -1,0 +1,163 @@
+"""Training tests: run folder contents, determinism, early stopping, run reuse."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import qclassify.train as train_module  # noqa: E402
+from qclassify.data import read_split_csv  # noqa: E402
+from qclassify.inference import load_run  # noqa: E402
+from qclassify.train import HISTORY_COLUMNS, TrainConfig, fit, run_is_complete  # noqa: E402
+
+pytestmark = pytest.mark.slow
+TINY = dict(epochs=2, batch_size=4, image_size=32, weights="none", device="cpu")
+LOSS_ATOL = 1e-5  # the same float32 forward pass, batched differently
+
+
+def _history(run_dir) -> list[dict[str, str]]:
+    with (run_dir / "history.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _state(run_dir) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "model.pt", weights_only=True)["state_dict"]
+
+
+def test_fit_writes_the_run_folder(image_folder, tmp_path):
+    """Contract (DESIGN run folder): config, split, history and a self-describing model.pt."""
+    config = TrainConfig(model="mobilenet_v2", **TINY)
+    result = fit(image_folder, tmp_path / "run", config, progress=False)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.json", "history.csv", "model.pt", "split.csv"]
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["options"] == json.loads(json.dumps(vars(config)))
+    assert stored["class_names"] == ["normal", "stenosis"]
+    assert stored["positive_class"] == "stenosis"  # the training minority
+    assert stored["data_dir"] == str(image_folder.resolve())
+    assert sum(stored["class_counts"][s]["stenosis"] for s in ("train", "val", "test")) == 6
+    assert {"torch", "torchvision", "pennylane", "qclassify"} <= set(stored["versions"])
+    assert stored["n_parameters"] == result.n_parameters > 0
+    history = _history(run)
+    assert list(history[0]) == list(HISTORY_COLUMNS)
+    assert [int(row["epoch"]) for row in history] == [1, 2]
+    checkpoint = torch.load(run / "model.pt", weights_only=True)
+    assert checkpoint["model"] == "mobilenet_v2"
+    assert checkpoint["class_names"] == ["normal", "stenosis"]
+    assert checkpoint["image_size"] == 32
+    assert result.train_seconds == pytest.approx(sum(float(r["seconds"]) for r in history))
+
+
+def test_same_seed_same_model_and_history(image_folder, tmp_path):
+    """Same-seed rederivation: two fits with one seed, one of them loading images in two worker
+    processes, give identical weights, split and history (except seconds); another seed gives
+    other weights."""
+    runs = []
+    for name, seed, workers in (("a", 0, 0), ("b", 0, 2), ("c", 1, 0)):
+        config = TrainConfig(seed=seed, num_workers=workers, **TINY)
+        fit(image_folder, tmp_path / name, config, progress=False)
+        runs.append(tmp_path / name)
+    first, same, other = (_state(run) for run in runs)
+    for key, tensor in first.items():
+        torch.testing.assert_close(same[key], tensor, atol=0, rtol=0)
+    assert any(not torch.equal(other[k], first[k]) for k in first if first[k].is_floating_point())
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in _history(runs[0])]
+    assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in _history(runs[1])]
+    assert (runs[0] / "split.csv").read_bytes() == (runs[1] / "split.csv").read_bytes()
+
+
+def test_early_stopping_restores_the_best_epoch(image_folder, tmp_path, monkeypatch):
+    """Mocked validation: scripted validation losses (1.0, 0.5, 0.7, 0.8, ...) with patience 2
+    stop after epoch 4, and model.pt holds the weights the model had after epoch 2."""
+    scripted = [1.0, 0.5, 0.7, 0.8, 0.9, 1.0]
+    snapshots = []
+    real_predict = train_module.predict_logits
+
+    def scripted_predict(model, loader, device, **kwargs):
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        logits, labels, seconds = real_predict(model, loader, device, **kwargs)
+        # Two-class logits (a on the true class, 0 on the other) whose cross-entropy
+        # log(1 + e^-a) is exactly the scripted loss.
+        true_logit = -math.log(math.expm1(scripted[len(snapshots) - 1]))
+        fake = torch.zeros_like(logits)
+        fake[torch.arange(len(labels)), labels] = true_logit
+        return fake, labels, seconds
+
+    monkeypatch.setattr(train_module, "predict_logits", scripted_predict)
+    config = TrainConfig(**{**TINY, "epochs": 6, "patience": 2})
+    result = fit(image_folder, tmp_path / "run", config, progress=False)
+    assert [r.epoch for r in result.history] == [1, 2, 3, 4]
+    assert [r.val_loss for r in result.history] == pytest.approx(scripted[:4], abs=1e-6)
+    assert result.best_epoch == 2 and result.stopped_early
+    saved = _state(tmp_path / "run")
+    for key, tensor in snapshots[1].items():
+        torch.testing.assert_close(saved[key], tensor, atol=0, rtol=0)
+    assert any(not torch.equal(snapshots[3][k], saved[k]) for k in saved
+               if saved[k].is_floating_point())
+
+
+def test_saved_model_reproduces_the_best_validation_loss(image_folder, tmp_path):
+    """Same-seed rederivation: the validation loss of the saved model, recomputed from the
+    split, equals the lowest validation loss in history.csv."""
+    config = TrainConfig(**{**TINY, "epochs": 3, "patience": 1})
+    result = fit(image_folder, tmp_path / "run", config, progress=False)
+    run = load_run(tmp_path / "run", device="cpu")
+    val = [s for s in read_split_csv(tmp_path / "run" / "split.csv") if s.split == "val"]
+    proba, _ = run.proba([image_folder / s.path for s in val])
+    labels = torch.tensor([run.class_names.index(s.class_name) for s in val])
+    loss = torch.nn.functional.nll_loss(torch.from_numpy(proba).log(), labels).item()
+    best = min(r.val_loss for r in result.history)
+    assert loss == pytest.approx(best, abs=LOSS_ATOL)
+    assert result.history[result.best_epoch - 1].val_loss == best
+
+
+def test_run_reuse_and_overwrite(image_folder, tmp_path):
+    """Contract: a finished run is recognised for the same options (device aside), refused
+    as an output folder unless overwrite, and incomplete without model.pt."""
+    run = tmp_path / "run"
+    config = TrainConfig(**{**TINY, "epochs": 1})
+    fit(image_folder, run, config, progress=False)
+    assert run_is_complete(run, config)
+    assert run_is_complete(run, TrainConfig(**{**TINY, "epochs": 1, "device": "auto"}))
+    assert run_is_complete(run, config, data_dir=image_folder)
+    assert not run_is_complete(run, config, data_dir=tmp_path)
+    assert not run_is_complete(run, TrainConfig(**{**TINY, "epochs": 2}))
+    with pytest.raises(ValueError, match="already holds a finished run"):
+        fit(image_folder, run, config, progress=False)
+    fit(image_folder, run, config, progress=False, overwrite=True)
+    (run / "model.pt").unlink()
+    assert not run_is_complete(run, config)
+
+
+def test_epoch_callback_and_synthetic_counts(image_folder, tmp_path):
+    """Contract: on_epoch sees every history row; synthetic training images are counted but
+    the positive class stays the minority of the originals."""
+    (image_folder / "diffaug-manifest.csv").write_text(
+        "path,source,class,split,t,gamma,seed,sha256\n")
+    seen = []
+    fit(image_folder, tmp_path / "run", TrainConfig(**TINY), progress=False,
+        on_epoch=seen.append)
+    assert [r.epoch for r in seen] == [1, 2]
+    assert "epoch 2/2" in seen[1].summary(2)
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["n_synthetic_train"] == 0 and stored["positive_class"] == "stenosis"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"image_size": 16}, "too small"), ({"model": "alexnet"}, "unknown model"),
+     ({"epochs": 0}, "--epochs"), ({"device": "cuda:0"}, None)],
+)
+def test_bad_options_fail_before_any_file_is_written(image_folder, tmp_path, change, message,
+                                                     monkeypatch):
+    """Contract: impossible options are ValueErrors and leave no run folder behind."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=message or "CUDA is not available"):
+        fit(image_folder, tmp_path / "run", TrainConfig(**{**TINY, **change}), progress=False)
+    assert not (tmp_path / "run").exists()

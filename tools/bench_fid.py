@@ -1,0 +1,97 @@
+"""Time `python -m pytorch_fid A B` against `diffaug fid A B` on the same folders.
+
+    TORCH_HOME=../shared/torch-home python tools/bench_fid.py            # BreastMNIST test split
+    TORCH_HOME=../shared/torch-home python tools/bench_fid.py --quick    # 8 + 8 images, dims 64
+    TORCH_HOME=... python tools/bench_fid.py REAL_DIR OTHER_DIR
+
+Without folders, the BreastMNIST test split (`../shared/data/breastmnist.npz`: label 0 =
+malignant, 1 = benign) is written as PNGs into a temporary folder, never into the repository.
+Both tools run as subprocesses in the same environment; the script prints seconds and FID of
+each. It needs TORCH_HOME to hold the real FID Inception weights (pytorch-fid's cache layout);
+without them it prints a note and exits 0, so it never downloads anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+WEIGHTS = Path("hub") / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "breastmnist.npz"
+CLASS_FOLDERS = {0: "malignant", 1: "benign"}
+QUICK_IMAGES = 8
+QUICK_DIMS = 64
+
+
+def write_breastmnist_test_split(data: Path, root: Path, limit: int | None) -> tuple[Path, Path]:
+    """The test split's malignant and benign images as PNG folders under `root`."""
+    with np.load(data) as arrays:
+        images, labels = arrays["test_images"], arrays["test_labels"].reshape(-1)
+    folders = []
+    for label, name in CLASS_FOLDERS.items():
+        folder = root / name
+        folder.mkdir()
+        for index in np.flatnonzero(labels == label)[:limit]:
+            Image.fromarray(images[index]).save(folder / f"test_{index:04d}.png")
+        folders.append(folder)
+    return folders[0], folders[1]
+
+
+def run_timed(command: list[str]) -> tuple[float, float]:
+    """Seconds and the FID printed by `command` (both tools print "FID: <value>")."""
+    started = time.perf_counter()
+    finished = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if finished.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{finished.stderr.strip()}")
+    return seconds, float(finished.stdout.split("FID:")[1].split()[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="*", type=Path, help="REAL OTHER (default: BreastMNIST)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="breastmnist.npz")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dims", type=int, default=2048)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_IMAGES} images per class and --dims {QUICK_DIMS}: a smoke run")
+    args = parser.parse_args()
+    if len(args.folders) not in (0, 2):
+        parser.error("give two folders, or none for the BreastMNIST test split")
+    torch_home = os.environ.get("TORCH_HOME")
+    if not torch_home or not (Path(torch_home) / WEIGHTS).is_file():
+        print(f"skipped: set TORCH_HOME to a folder holding {WEIGHTS} (the real FID weights)")
+        return
+    dims = QUICK_DIMS if args.quick else args.dims
+    with tempfile.TemporaryDirectory(prefix="bench-fid-") as temporary:
+        if args.folders:
+            real, other = args.folders
+        else:
+            limit = QUICK_IMAGES if args.quick else None
+            real, other = write_breastmnist_test_split(args.data, Path(temporary), limit)
+        common = [str(real), str(other), "--device", args.device, "--dims", str(dims)]
+        tools = {
+            "pytorch-fid": [sys.executable, "-m", "pytorch_fid", *common],
+            "diffaug fid": [sys.executable, "-m", "diffaug", "fid", *common, "--quiet"],
+        }
+        counts = [sum(1 for p in Path(f).iterdir() if p.is_file()) for f in (real, other)]
+        print(f"{real} ({counts[0]} files) vs {other} ({counts[1]} files), dims {dims}, "
+              f"device {args.device}, TORCH_HOME={torch_home}, "
+              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+        results = {name: run_timed(command) for name, command in tools.items()}
+    for name, (seconds, fid) in results.items():
+        print(f"{name:<12} {seconds:8.1f} s   FID {fid:.6f}")
+    (slow, reference), (fast, ours) = results.values()
+    print(f"speed-up {slow / fast:.2f}x, relative FID difference {abs(ours - reference) / abs(reference):.2e}")
+
+
+if __name__ == "__main__":
+    main()

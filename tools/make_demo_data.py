@@ -1,0 +1,346 @@
+"""Procedural, angiography-like demo dataset: dark branching vessels, some with a stenosis.
+
+A fresh clone can run the whole pipeline on it with no download (issue 6). The default counts
+are the paper's worked example of eq. 3 (280 normal vs 102 stenosis in train, so
+ceil(0.7 * 280) - 102 = 94 synthetic images at ratio 0.7).
+
+    python tools/make_demo_data.py OUT [--size 224 --train 280 102 --val 60 22 --test 60 60
+                                        --seed 0 --quiet]
+
+writes ``OUT/{train,val,test}/{normal,stenosis}/<split>_<class>_<index>.png`` (8-bit L) and
+``OUT/demo-data.json`` (options, library versions and per-image ground truth: the narrowest
+relative vessel radius and, for stenosis images, the lesion's position and depth).
+
+Each image is drawn from its own generator seeded by (seed, split, class, index), so the output
+is byte-identical for the same options whatever order images are made in. Only numpy, scipy,
+pillow and click (a dependency of both packages) are needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import click
+import numpy as np
+from PIL import Image
+from scipy.ndimage import gaussian_filter, gaussian_filter1d, zoom
+
+CLASSES = ("normal", "stenosis")
+SPLITS = ("train", "val", "test")
+# Train reproduces eq. 3's worked example; val keeps the train imbalance (60:22 ~ 280:102) so
+# early stopping sees the deployment prior; test is balanced 60/60 like the paper's test set
+# (section 3: "among 60 negative samples ... among 60 positive samples").
+DEFAULT_COUNTS: dict[str, tuple[int, int]] = {"train": (280, 102), "val": (60, 22), "test": (60, 60)}
+METADATA_FILE = "demo-data.json"
+MIN_SIZE = 32
+
+# Geometry is specified in pixels of a REFERENCE_SIZE image and scaled with the requested size.
+REFERENCE_SIZE = 224
+SAMPLE_SPACING = 0.4  # centreline sample spacing in output pixels: below the thinnest profile
+# Normal vessels vary in width by a bounded smooth factor in (1 - v, 1 + v): it makes mild
+# "narrowings" common in both classes, so the lesion must be told apart by depth, not presence.
+NATURAL_WIDTH_VARIATION = 0.2
+TRUNK_RADIUS = (3.5, 5.5)  # reference pixels at the trunk's root
+LESION_DEPTH = (0.4, 0.7)  # fractional radius reduction at the lesion centre (issue 6)
+LESION_SIGMA = (2.5, 5.0)  # lesion half-length (gaussian sigma), reference pixels
+LESION_ZONE = (0.15, 0.75)  # lesions sit on this fraction of a vessel, away from its thin tip
+LESION_MIN_RADIUS = 2.5  # reference pixels: only vessels a cardiologist would grade
+TIP_FADE = 0.2  # fraction of a vessel's length over which its tip fades out
+PROFILE_SIGMA_PER_RADIUS = 0.5  # gaussian with the variance of a disc chord profile (r^2 / 4)
+N_SIGMA_LEVELS = 10
+
+
+@dataclass(frozen=True)
+class DemoImage:
+    """One generated image and its ground truth.
+
+    ``min_relative_radius`` is the smallest ratio, over every vessel, of the drawn radius to
+    the vessel's smooth tapered radius: above ``1 - NATURAL_WIDTH_VARIATION`` for normal
+    images, at most ``(1 + NATURAL_WIDTH_VARIATION) * (1 - LESION_DEPTH[0])`` for stenosis.
+    """
+
+    pixels: np.ndarray  # (size, size) uint8
+    stenosis: bool
+    min_relative_radius: float
+    lesion_xy: tuple[float, float] | None
+    lesion_depth: float | None
+
+
+@dataclass
+class _Vessel:
+    points: np.ndarray  # (n, 2) x, y in output pixels, SAMPLE_SPACING apart
+    tapered: np.ndarray  # (n,) smooth radius: linear taper from the root to the tip
+    relative: np.ndarray  # (n,) drawn radius / tapered radius
+    level: int  # 0 trunk, 1 branch, 2 sub-branch, -1 catheter (never stenosed)
+
+    @property
+    def radius(self) -> np.ndarray:
+        return self.tapered * self.relative
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, correlation: float) -> np.ndarray:
+    """Unit-variance noise with a gaussian autocorrelation of `correlation` samples."""
+    pad = int(4 * correlation) + 1
+    noise = gaussian_filter1d(rng.standard_normal(n + 2 * pad), correlation)[pad : pad + n]
+    return noise * np.sqrt(2 * np.sqrt(np.pi) * correlation)
+
+
+def _grow(rng, start, heading, length, root_radius, tip_fraction, level, scale) -> _Vessel:
+    """A tortuous centreline (smoothly wandering heading) with a tapering, varying radius."""
+    n = max(int(length / SAMPLE_SPACING), 8)
+    u = np.linspace(0.0, 1.0, n)
+    bend = rng.uniform(-0.8, 0.8) * u + 0.35 * _smooth_noise(rng, n, n / 6)
+    wiggle = 0.12 * _smooth_noise(rng, n, 6 * scale / SAMPLE_SPACING)
+    angle = heading + bend + wiggle
+    steps = SAMPLE_SPACING * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    points = np.asarray(start) + np.cumsum(steps, axis=0) - steps[0]
+    # Linear taper, then a fade to nothing over the last TIP_FADE of the length: vessels that
+    # stop abruptly would look like occlusions.
+    fade = np.minimum(1.0, (1.0 - u) / TIP_FADE) if level >= 0 else 1.0
+    tapered = root_radius * (1.0 - (1.0 - tip_fraction) * u) * fade
+    relative = 1.0 + NATURAL_WIDTH_VARIATION * np.tanh(_smooth_noise(rng, n, n / 10))
+    return _Vessel(points, tapered, relative, level)
+
+
+def _branches(rng, parent: _Vessel, count: int, length_range, scale) -> list[_Vessel]:
+    out = []
+    for _ in range(count):
+        at = int(rng.uniform(0.12, 0.8) * (len(parent.points) - 1))
+        direction = parent.points[min(at + 1, len(parent.points) - 1)] - parent.points[at - 1]
+        heading = np.arctan2(direction[1], direction[0]) + rng.choice([-1, 1]) * rng.uniform(0.35, 1.1)
+        root = parent.tapered[at] * rng.uniform(0.5, 0.8)
+        length = rng.uniform(*length_range)
+        out.append(_grow(rng, parent.points[at], heading, length, root, rng.uniform(0.3, 0.5),
+                         parent.level + 1, scale))
+    return out
+
+
+def _vessel_tree(rng: np.random.Generator, size: int) -> list[_Vessel]:
+    """1-2 trunks entering from outside the frame, 2-4 branches each, 0-2 sub-branches per branch."""
+    scale = size / REFERENCE_SIZE
+    centre = np.array([size / 2, size / 2])
+    vessels = []
+    for _ in range(rng.integers(1, 3)):
+        phi = rng.uniform(0, 2 * np.pi)
+        start = centre + 0.62 * size * np.array([np.cos(phi), np.sin(phi)])
+        trunk = _grow(rng, start, phi + np.pi + rng.uniform(-0.5, 0.5), rng.uniform(0.9, 1.3) * size,
+                      rng.uniform(*TRUNK_RADIUS) * scale, rng.uniform(0.35, 0.55), 0, scale)
+        vessels.append(trunk)
+        for branch in _branches(rng, trunk, rng.integers(2, 5), (0.3 * size, 0.6 * size), scale):
+            vessels.append(branch)
+            vessels += _branches(rng, branch, rng.integers(0, 3), (0.12 * size, 0.3 * size), scale)
+    if rng.random() < 0.7:  # the guiding catheter: a long uniform tube, a common distractor
+        phi = rng.uniform(0, 2 * np.pi)
+        catheter = _grow(rng, centre + 0.7 * size * np.array([np.cos(phi), np.sin(phi)]),
+                         phi + np.pi + rng.uniform(-0.4, 0.4), 0.6 * size, 2.2 * scale, 1.0, -1, scale)
+        catheter.relative[:] = 1.0
+        vessels.append(catheter)
+    return vessels
+
+
+def _lesion_sites(vessels: list[_Vessel], size: int) -> list[tuple[int, int]]:
+    """(vessel, sample) pairs where a lesion would be visible: trunk or branch, inside the frame."""
+    margin = 0.1 * size
+    sites = []
+    for k, vessel in enumerate(vessels):
+        if vessel.level not in (0, 1):
+            continue
+        u = np.linspace(0.0, 1.0, len(vessel.points))
+        inside = np.all((vessel.points > margin) & (vessel.points < size - margin), axis=1)
+        thick = vessel.tapered >= LESION_MIN_RADIUS * size / REFERENCE_SIZE
+        ok = inside & thick & (u >= LESION_ZONE[0]) & (u <= LESION_ZONE[1])
+        sites += [(k, int(i)) for i in np.flatnonzero(ok)]
+    return sites
+
+
+def _add_lesion(rng, vessels: list[_Vessel], sites, size: int) -> tuple[np.ndarray, float]:
+    """Narrow one vessel by a smooth dip (issue 6); returns the lesion centre and depth."""
+    k, centre = sites[rng.integers(len(sites))]
+    depth = rng.uniform(*LESION_DEPTH)
+    sigma = rng.uniform(*LESION_SIGMA) * size / REFERENCE_SIZE / SAMPLE_SPACING
+    offset = np.arange(len(vessels[k].points)) - centre
+    vessels[k].relative *= 1.0 - depth * np.exp(-0.5 * (offset / sigma) ** 2)
+    return vessels[k].points[centre], depth
+
+
+def _absorption(vessels: list[_Vessel], size: int, attenuation: float) -> np.ndarray:
+    """Beer-Lambert optical depth of the contrast-filled vessels.
+
+    A tube of radius r holds pi r^2 of contrast per unit length; its projection is drawn as a
+    gaussian profile (sigma = r / 2) carrying that mass. Samples are splatted bilinearly onto
+    a few sigma levels (log-interpolated between the two nearest), each level blurred once.
+    """
+    points = np.concatenate([v.points for v in vessels])
+    radius = np.concatenate([v.radius for v in vessels])
+    sigma = np.maximum(PROFILE_SIGMA_PER_RADIUS * radius, 0.3)
+    mass = attenuation * np.pi * radius**2 * SAMPLE_SPACING
+    levels = np.geomspace(sigma.min(), sigma.max() * 1.0001, N_SIGMA_LEVELS)
+    position = np.interp(np.log(sigma), np.log(levels), np.arange(N_SIGMA_LEVELS))
+    low = np.minimum(position.astype(int), N_SIGMA_LEVELS - 2)
+    pad = int(np.ceil(4 * levels[-1])) + 2
+    side = size + 2 * pad
+    xy = points + pad
+    x0, y0 = np.floor(xy[:, 0]).astype(int), np.floor(xy[:, 1]).astype(int)
+    fx, fy = xy[:, 0] - x0, xy[:, 1] - y0
+    flat, weights = [], []
+    for level, level_weight in ((low, low + 1 - position), (low + 1, position - low)):
+        for dx, dy, corner in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
+                               (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+            x, y = x0 + dx, y0 + dy
+            keep = (x >= 0) & (x < side) & (y >= 0) & (y < side)
+            flat.append(((level * side + y) * side + x)[keep])
+            weights.append((mass * level_weight * corner)[keep])
+    splats = np.bincount(np.concatenate(flat), np.concatenate(weights), N_SIGMA_LEVELS * side * side)
+    splats = splats.reshape(N_SIGMA_LEVELS, side, side)
+    depth = sum(gaussian_filter(splats[k], levels[k]) for k in range(N_SIGMA_LEVELS))
+    return depth[pad:-pad, pad:-pad]
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """X-ray-like backdrop: soft anatomy (smooth field + one broad edge), mottle, vignette."""
+    scale = size / REFERENCE_SIZE
+    field = zoom(rng.standard_normal((6, 6)), size / 6, order=3, grid_mode=True, mode="grid-mirror")
+    yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
+    theta = rng.uniform(0, 2 * np.pi)
+    border = (np.cos(theta) * xx + np.sin(theta) * yy - rng.uniform(-0.3, 0.3)) / 0.06
+    mottle = gaussian_filter(rng.standard_normal((size, size)), 1.5 * scale)
+    mottle /= mottle.std()
+    vignette = 1.0 - 0.3 * (xx**2 + yy**2) / 0.5
+    return vignette * (rng.uniform(0.55, 0.7) + rng.uniform(0.03, 0.07) * field
+                       + rng.uniform(-0.12, 0.12) / (1.0 + np.exp(-border))
+                       + rng.uniform(0.015, 0.035) * mottle)
+
+
+def image_seed(seed: int, split: str, stenosis: bool, index: int) -> np.random.SeedSequence:
+    """The seed of one image: independent of every other image and of generation order."""
+    return np.random.SeedSequence([seed, SPLITS.index(split), int(stenosis), index])
+
+
+def generate_image(seed: int, split: str, index: int, *, stenosis: bool, size: int = 224) -> DemoImage:
+    """Draw image `index` of `split` for the given class; pure function of its arguments."""
+    rng = np.random.default_rng(image_seed(seed, split, stenosis, index))
+    # Both classes redraw trees with no visible lesion site, so tree statistics match.
+    vessels = _vessel_tree(rng, size)
+    while not (sites := _lesion_sites(vessels, size)):
+        vessels = _vessel_tree(rng, size)
+    lesion_xy, lesion_depth = _add_lesion(rng, vessels, sites, size) if stenosis else (None, None)
+    optical_depth = _absorption(vessels, size, attenuation=rng.uniform(0.05, 0.08))
+    intensity = _background(rng, size) * np.exp(-optical_depth)
+    photons = rng.uniform(250, 600)  # quantum noise: Poisson counts per unit intensity
+    noisy = rng.poisson(np.clip(intensity, 0, None) * photons) / photons
+    blurred = gaussian_filter(noisy, 0.6 * size / REFERENCE_SIZE)
+    pixels = np.round(np.clip(blurred, 0.0, 1.0) * 255).astype(np.uint8)
+    min_relative = min(float(v.relative.min()) for v in vessels if v.level >= 0)
+    xy = None if lesion_xy is None else (float(lesion_xy[0]), float(lesion_xy[1]))
+    return DemoImage(pixels, stenosis, min_relative, xy, lesion_depth)
+
+
+def _check_options(out_dir: Path, size: int, counts: Mapping[str, tuple[int, int]], seed: int) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ValueError(f"{out_dir}: output folder must not exist or be empty")
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be at least {MIN_SIZE} pixels; got {size}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed}")
+    if set(counts) != set(SPLITS):
+        raise ValueError(f"counts must name the splits {', '.join(SPLITS)}; got {', '.join(counts)}")
+    for split, pair in counts.items():
+        if len(pair) != len(CLASSES) or min(pair) < 1:
+            raise ValueError(f"{split} counts must be two positive integers (normal stenosis); got {pair}")
+
+
+def _write_png(pixels: np.ndarray, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format="PNG")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_demo_dataset(
+    out_dir: str | os.PathLike,
+    *,
+    size: int = 224,
+    counts: Mapping[str, tuple[int, int]] = DEFAULT_COUNTS,
+    seed: int = 0,
+    on_image: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Write the demo dataset to `out_dir` (must not exist or be empty); return its record.
+
+    Everything is written to a temporary sibling folder that is renamed into place at the end,
+    so `out_dir` is either complete or untouched. `on_image(done, total)` is called after
+    each image.
+    """
+    out_dir = Path(out_dir)
+    _check_options(out_dir, size, counts, seed)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    total = sum(sum(counts[split]) for split in SPLITS)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    record = {
+        "generator": "tools/make_demo_data.py",
+        "options": {"size": size, "seed": seed,
+                    "counts": {s: dict(zip(CLASSES, counts[s], strict=True)) for s in SPLITS}},
+        "versions": {name: version(name) for name in ("numpy", "scipy", "pillow")},
+        "positive_class": "stenosis",
+        "images": [],
+    }
+    try:
+        for split in SPLITS:
+            for label, count in zip(CLASSES, counts[split], strict=True):
+                width = max(4, len(str(count - 1)))
+                for index in range(count):
+                    image = generate_image(seed, split, index, stenosis=label == "stenosis", size=size)
+                    relative = f"{split}/{label}/{split}_{label}_{index:0{width}d}.png"
+                    digest = _write_png(image.pixels, staging / relative)
+                    record["images"].append({
+                        "path": relative, "split": split, "class": label, "index": index,
+                        "min_relative_radius": round(image.min_relative_radius, 6),
+                        "lesion_xy": None if image.lesion_xy is None
+                        else [round(c, 3) for c in image.lesion_xy],
+                        "lesion_depth": None if image.lesion_depth is None
+                        else round(image.lesion_depth, 6),
+                        "sha256": digest,
+                    })
+                    if on_image is not None:
+                        on_image(len(record["images"]), total)
+        (staging / METADATA_FILE).write_text(json.dumps(record, indent=1) + "\n")
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return record
+
+
+@click.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--size", default=224, show_default=True, help="Image side in pixels.")
+@click.option("--train", "train", nargs=2, type=int, default=DEFAULT_COUNTS["train"],
+              show_default=True, help="Normal and stenosis counts in train.")
+@click.option("--val", "val", nargs=2, type=int, default=DEFAULT_COUNTS["val"],
+              show_default=True, help="Normal and stenosis counts in val.")
+@click.option("--test", "test", nargs=2, type=int, default=DEFAULT_COUNTS["test"],
+              show_default=True, help="Normal and stenosis counts in test.")
+@click.option("--seed", default=0, show_default=True, help="Base seed of every image.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def main(out: Path, size: int, train, val, test, seed: int, quiet: bool) -> None:
+    """Write an angiography-like normal/stenosis demo dataset to OUT (train/val/test folders)."""
+    counts = {"train": tuple(train), "val": tuple(val), "test": tuple(test)}
+    total = sum(sum(pair) for pair in counts.values())
+    with click.progressbar(length=total, label="images", hidden=quiet) as bar:
+        try:
+            make_demo_dataset(out, size=size, counts=counts, seed=seed, on_image=lambda done, total: bar.update(1))
+        except (ValueError, OSError) as err:
+            raise click.ClickException(str(err)) from err
+    summary = "; ".join(f"{s}: normal {counts[s][0]}, stenosis {counts[s][1]}" for s in SPLITS)
+    click.echo(f"wrote {total} images to {out} ({summary})")
+
+
+if __name__ == "__main__":
+    main()
