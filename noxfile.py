@@ -10,7 +10,7 @@ from __future__ import annotations
 import nox
 
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["lint", "diffaug", "tests"]
+nox.options.sessions = ["lint", "diffaug", "tests"]  # what CI runs
 
 DIFFAUG = "packages/diffaug"
 QCLASSIFY = "packages/qclassify"
@@ -31,12 +31,25 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", "packages", "tests", "tools", "noxfile.py")
 
 
+def run_isolated(session: nox.Session, package: str, *, torch_free: bool = False) -> None:
+    """Install one package alone (no sibling, no extras) and run its own tests."""
+    session.install("-e", f"packages/{package}", "pytest>=8")
+    if torch_free:
+        session.run("python", "-c", "import importlib.util as u, sys; "
+                    "sys.exit('torch is installed' if u.find_spec('torch') else 0)")
+    session.run("pytest", f"tests/{package}", *session.posargs)
+
+
 @nox.session
 def diffaug(session: nox.Session) -> None:
     """diffaug alone, in a venv without torch: proves the generator is framework-agnostic."""
-    session.install("-e", DIFFAUG, "pytest>=8")
-    session.run("python", "-c", "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)")
-    session.run("pytest", "tests/diffaug", *session.posargs)
+    run_isolated(session, "diffaug", torch_free=True)
+
+
+@nox.session
+def qclassify(session: nox.Session) -> None:
+    """qclassify alone, without diffaug: it only reads diffaug's manifest format."""
+    run_isolated(session, "qclassify")
 
 
 @nox.session
@@ -45,3 +58,30 @@ def tests(session: nox.Session) -> None:
     install_everything(session)
     session.install(*TEST_TOOLS)
     session.run("pytest", *session.posargs, env={"OMP_NUM_THREADS": "2"})
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The whole pipeline on generated data, no download: `nox -s demo -- [OUT] [options]`
+    (see tools/run_demo.py; under 15 minutes on 2 CPU cores, on the GPU when there is one)."""
+    install_everything(session)
+    session.run("python", "tools/run_demo.py", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark, one report: `nox -s bench -- [--quick] [--out PATH] [--only NAME]`
+    (see tools/bench_all.py). The FID parts need TORCH_HOME holding the FID weights."""
+    install_everything(session)
+    session.run("python", "tools/bench_all.py", *session.posargs)
+
+
+@nox.session
+def medmnist(session: nox.Session) -> None:
+    """A MedMNIST subset end to end: `nox -s medmnist -- PATH.npz [options]`
+    (see tools/run_medmnist.py)."""
+    if not session.posargs:
+        session.error("pass the MedMNIST file: nox -s medmnist -- PATH.npz [run_medmnist.py "
+                      "options]")
+    install_everything(session)
+    session.run("python", "tools/run_medmnist.py", *session.posargs)

@@ -1,7 +1,8 @@
 """Throughput of ``diffaug balance`` against a plain PIL open-and-save loop over the same images.
 
     python tools/bench_balance.py                 # 2,000 224x224 grayscale PNGs, workers 1 and 2
-    python tools/bench_balance.py --n 100 --repeats 1   # quick check
+    python tools/bench_balance.py --quick         # smoke run: 100 64x64 PNGs, 1 run
+    python tools/bench_balance.py --json bench-out/bench_balance.json   # also machine-readable
 
 The dataset is two classes, 90 % / 10 %, balanced with ratio 1, so about 0.8 N synthetic images
 are written (eq. 3: M = N_maj - N_min) besides the N copied originals. Reported rates:
@@ -15,6 +16,7 @@ Each figure is the median of ``--repeats`` runs, each into a fresh output folder
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -29,6 +31,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 MAJORITY_FRACTION = 0.9
+QUICK = {"n_images": 100, "size": 64, "repeats": 1}
 
 
 def make_dataset(root: Path, n: int, size: int, seed: int = 0) -> dict[str, int]:
@@ -74,8 +77,15 @@ def time_balance(in_dir: Path, out_dir: Path, workers: int) -> tuple[float, int,
               default=(1, 2), show_default=True, help="Worker counts to time (repeatable).")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1),
               help="Runs per measurement; the median is reported.")
-def main(n_images: int, size: int, worker_counts: tuple[int, ...], repeats: int) -> None:
+@click.option("--quick", is_flag=True, help="Smoke run: --n 100 --size 64 --repeats 1.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also write the measurements as JSON here.")
+def main(n_images: int, size: int, worker_counts: tuple[int, ...], repeats: int, quick: bool,
+         json_path: Path | None) -> None:
     """Time `diffaug balance` (images/s) next to a plain PIL open-and-save loop."""
+    if quick:
+        n_images, size, repeats = QUICK["n_images"], QUICK["size"], QUICK["repeats"]
+    results = {"n_images": n_images, "size": size, "repeats": repeats, "balance": []}
     with tempfile.TemporaryDirectory(prefix="bench-balance-") as scratch:
         root = Path(scratch)
         counts = make_dataset(root / "in", n_images, size)
@@ -86,6 +96,7 @@ def main(n_images: int, size: int, worker_counts: tuple[int, ...], repeats: int)
                                   for r in range(repeats))
         floor_rate = n_images / plain
         click.echo(f"{'PIL open+save loop':<28} {plain:8.2f} s {floor_rate:9.1f} images/s")
+        results |= {"counts": counts, "floor": {"seconds": plain, "images_per_second": floor_rate}}
         for workers in worker_counts:
             runs = [time_balance(root / "in", root / f"w{workers}-{r}", workers)
                     for r in range(repeats)]
@@ -96,6 +107,13 @@ def main(n_images: int, size: int, worker_counts: tuple[int, ...], repeats: int)
                        f"synthetic images/s ({n_synthetic} synthetic + {n_copied} copied: "
                        f"{(n_synthetic + n_copied) / seconds:.1f} files/s; "
                        f"{rate / floor_rate:.2f}x the PIL loop rate)")
+            results["balance"].append({
+                "workers": workers, "seconds": seconds, "n_synthetic": n_synthetic,
+                "n_copied": n_copied, "synthetic_per_second": rate,
+                "files_per_second": (n_synthetic + n_copied) / seconds})
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

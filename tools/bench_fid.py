@@ -2,18 +2,20 @@
 
     TORCH_HOME=../shared/torch-home python tools/bench_fid.py            # BreastMNIST test split
     TORCH_HOME=../shared/torch-home python tools/bench_fid.py --quick    # 8 + 8 images, dims 64
-    TORCH_HOME=... python tools/bench_fid.py REAL_DIR OTHER_DIR
+    TORCH_HOME=... python tools/bench_fid.py REAL_DIR OTHER_DIR [--json PATH]
 
 Without folders, the BreastMNIST test split (`../shared/data/breastmnist.npz`: label 0 =
 malignant, 1 = benign) is written as PNGs into a temporary folder, never into the repository.
 Both tools run as subprocesses in the same environment; the script prints seconds and FID of
 each. It needs TORCH_HOME to hold the real FID Inception weights (pytorch-fid's cache layout);
-without them it prints a note and exits 0, so it never downloads anything.
+without them (or without the default data file) it prints a note and exits 0, so it never
+downloads anything. `--json PATH` also writes the measurements, or the reason for skipping.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -63,12 +65,19 @@ def main() -> None:
     parser.add_argument("--dims", type=int, default=2048)
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_IMAGES} images per class and --dims {QUICK_DIMS}: a smoke run")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     if len(args.folders) not in (0, 2):
         parser.error("give two folders, or none for the BreastMNIST test split")
     torch_home = os.environ.get("TORCH_HOME")
+    skipped = None
     if not torch_home or not (Path(torch_home) / WEIGHTS).is_file():
-        print(f"skipped: set TORCH_HOME to a folder holding {WEIGHTS} (the real FID weights)")
+        skipped = f"set TORCH_HOME to a folder holding {WEIGHTS} (the real FID weights)"
+    elif not args.folders and not args.data.is_file():
+        skipped = f"{args.data} not found: give --data or two folders"
+    if skipped is not None:
+        print(f"skipped: {skipped}")
+        write_json(args.json, {"skipped": skipped})
         return
     dims = QUICK_DIMS if args.quick else args.dims
     with tempfile.TemporaryDirectory(prefix="bench-fid-") as temporary:
@@ -91,6 +100,19 @@ def main() -> None:
         print(f"{name:<12} {seconds:8.1f} s   FID {fid:.6f}")
     (slow, reference), (fast, ours) = results.values()
     print(f"speed-up {slow / fast:.2f}x, relative FID difference {abs(ours - reference) / abs(reference):.2e}")
+    write_json(args.json, {
+        "real": str(real), "other": str(other), "n_real": counts[0], "n_other": counts[1],
+        "dims": dims, "device": args.device,
+        "results": {name: {"seconds": seconds, "fid": fid}
+                    for name, (seconds, fid) in results.items()},
+        "speedup": slow / fast, "relative_fid_difference": abs(ours - reference) / abs(reference),
+    })
+
+
+def write_json(path: Path | None, data: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Forward+backward time of QuantumFeatureLayer: the torch backend vs PennyLane's TorchLayer.
 
     OMP_NUM_THREADS=1 python tools/bench_quantum.py [--qubits 4 --qubits 8 --layers 2
-        --batch-size 16 --batch-size 256 --repeats 20 --max-seconds 60 --threads 1] [--quick]
+        --batch-size 16 --batch-size 256 --repeats 20 --max-seconds 60 --threads 1
+        --json bench-out/bench_quantum.json] [--quick]
 
 For every (qubits, batch size) it times one training step of the layer alone — forward on a
 float32 (batch, 2^n) input as after the ReLU of eq. 6, then backward of the summed outputs —
@@ -14,10 +15,13 @@ PennyLane at n = 4, L = 2. ``--quick`` is a smoke run: n = 4, batch 16, 3 repeat
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 import pennylane as qml
@@ -103,7 +107,9 @@ def speedups(timings: list[Timing]) -> dict[tuple[int, int, str], float]:
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="torch.set_num_threads; default: torch's own choice")
 @click.option("--quick", is_flag=True, help="smoke run: 4 qubits, batch 16, 3 repeats")
-def main(qubits, n_layers, batch_sizes, repeats, max_seconds, threads, quick):
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="also write the timings and speed-ups as JSON here")
+def main(qubits, n_layers, batch_sizes, repeats, max_seconds, threads, quick, json_path):
     """Time the torch backend against PennyLane's TorchLayer and print the speed-ups."""
     if quick:
         qubits, batch_sizes, repeats = (4,), (16,), 3
@@ -125,6 +131,15 @@ def main(qubits, n_layers, batch_sizes, repeats, max_seconds, threads, quick):
         verdict = "met" if min(target) >= TARGET_SPEEDUP else "NOT met"
         click.echo(f"target >= {TARGET_SPEEDUP:.0f}x at n={TARGET_SIZE[0]}, L={TARGET_SIZE[1]}: "
                    f"{verdict} (smallest {min(target):.1f}x)")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({
+            "torch": torch.__version__, "pennylane": qml.__version__,
+            "threads": torch.get_num_threads(), "repeats": repeats, "max_seconds": max_seconds,
+            "timings": [dataclasses.asdict(t) for t in timings],
+            "speedups": [{"n_qubits": n, "batch_size": b, "device": d, "speedup": r}
+                         for (n, b, d), r in ratios.items()],
+        }, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import click
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter, gaussian_filter1d, zoom
+from scipy.signal import fftconvolve
 
 CLASSES = ("normal", "stenosis")
 SPLITS = ("train", "val", "test")
@@ -48,14 +49,17 @@ SAMPLE_SPACING = 0.4  # centreline sample spacing in output pixels: below the th
 # Normal vessels vary in width by a bounded smooth factor in (1 - v, 1 + v): it makes mild
 # "narrowings" common in both classes, so the lesion must be told apart by depth, not presence.
 NATURAL_WIDTH_VARIATION = 0.2
+TRUNKS, BRANCHES, SUB_BRANCHES = (1, 2), (2, 4), (0, 2)  # inclusive count ranges
+CATHETER_PROBABILITY = 0.7
+LESION_LEVELS = (0, 1)  # vessel levels that may carry the lesion: trunks and branches
 TRUNK_RADIUS = (3.5, 5.5)  # reference pixels at the trunk's root
 LESION_DEPTH = (0.4, 0.7)  # fractional radius reduction at the lesion centre (issue 6)
 LESION_SIGMA = (2.5, 5.0)  # lesion half-length (gaussian sigma), reference pixels
 LESION_ZONE = (0.15, 0.75)  # lesions sit on this fraction of a vessel, away from its thin tip
 LESION_MIN_RADIUS = 2.5  # reference pixels: only vessels a cardiologist would grade
 TIP_FADE = 0.2  # fraction of a vessel's length over which its tip fades out
-PROFILE_SIGMA_PER_RADIUS = 0.5  # gaussian with the variance of a disc chord profile (r^2 / 4)
-N_SIGMA_LEVELS = 10
+MIN_DISC_RADIUS = 0.5  # output pixels: thinner vessels are drawn this wide, proportionally fainter
+N_RADIUS_LEVELS = 10
 
 
 @dataclass(frozen=True)
@@ -128,16 +132,16 @@ def _vessel_tree(rng: np.random.Generator, size: int) -> list[_Vessel]:
     scale = size / REFERENCE_SIZE
     centre = np.array([size / 2, size / 2])
     vessels = []
-    for _ in range(rng.integers(1, 3)):
+    for _ in range(rng.integers(TRUNKS[0], TRUNKS[1] + 1)):
         phi = rng.uniform(0, 2 * np.pi)
         start = centre + 0.62 * size * np.array([np.cos(phi), np.sin(phi)])
         trunk = _grow(rng, start, phi + np.pi + rng.uniform(-0.5, 0.5), rng.uniform(0.9, 1.3) * size,
                       rng.uniform(*TRUNK_RADIUS) * scale, rng.uniform(0.35, 0.55), 0, scale)
         vessels.append(trunk)
-        for branch in _branches(rng, trunk, rng.integers(2, 5), (0.3 * size, 0.6 * size), scale):
+        for branch in _branches(rng, trunk, rng.integers(BRANCHES[0], BRANCHES[1] + 1), (0.3 * size, 0.6 * size), scale):
             vessels.append(branch)
-            vessels += _branches(rng, branch, rng.integers(0, 3), (0.12 * size, 0.3 * size), scale)
-    if rng.random() < 0.7:  # the guiding catheter: a long uniform tube, a common distractor
+            vessels += _branches(rng, branch, rng.integers(SUB_BRANCHES[0], SUB_BRANCHES[1] + 1), (0.12 * size, 0.3 * size), scale)
+    if rng.random() < CATHETER_PROBABILITY:  # the guiding catheter: a long uniform tube, a common distractor
         phi = rng.uniform(0, 2 * np.pi)
         catheter = _grow(rng, centre + 0.7 * size * np.array([np.cos(phi), np.sin(phi)]),
                          phi + np.pi + rng.uniform(-0.4, 0.4), 0.6 * size, 2.2 * scale, 1.0, -1, scale)
@@ -151,7 +155,7 @@ def _lesion_sites(vessels: list[_Vessel], size: int) -> list[tuple[int, int]]:
     margin = 0.1 * size
     sites = []
     for k, vessel in enumerate(vessels):
-        if vessel.level not in (0, 1):
+        if vessel.level not in LESION_LEVELS:
             continue
         u = np.linspace(0.0, 1.0, len(vessel.points))
         inside = np.all((vessel.points > margin) & (vessel.points < size - margin), axis=1)
@@ -171,21 +175,31 @@ def _add_lesion(rng, vessels: list[_Vessel], sites, size: int) -> tuple[np.ndarr
     return vessels[k].points[centre], depth
 
 
-def _absorption(vessels: list[_Vessel], size: int, attenuation: float) -> np.ndarray:
-    """Beer-Lambert optical depth of the contrast-filled vessels.
+def _disc(radius: float) -> np.ndarray:
+    """Anti-aliased indicator of a disc: pixel coverage ~ clip(r + 1/2 - distance, 0, 1)."""
+    half = int(np.ceil(radius)) + 1
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    return np.clip(radius + 0.5 - np.hypot(xx, yy), 0.0, 1.0)
 
-    A tube of radius r holds pi r^2 of contrast per unit length; its projection is drawn as a
-    gaussian profile (sigma = r / 2) carrying that mass. Samples are splatted bilinearly onto
-    a few sigma levels (log-interpolated between the two nearest), each level blurred once.
+
+def _absorption(vessels: list[_Vessel], size: int, attenuation: float) -> np.ndarray:
+    """Beer-Lambert optical depth of the contrast-filled vessels: attenuation x chord length.
+
+    Sweeping a disc of radius r along a centreline gives, at distance x, the chord
+    2 sqrt(r^2 - x^2) through a cylinder: so centreline samples (weight attenuation x spacing)
+    are splatted bilinearly onto a few radius levels (log-interpolated between the two
+    nearest) and each level is convolved once with its disc. Sub-pixel radii use the smallest
+    disc with their weight scaled by (r / r_min)^2, which keeps the contrast mass pi r^2.
     """
     points = np.concatenate([v.points for v in vessels])
     radius = np.concatenate([v.radius for v in vessels])
-    sigma = np.maximum(PROFILE_SIGMA_PER_RADIUS * radius, 0.3)
-    mass = attenuation * np.pi * radius**2 * SAMPLE_SPACING
-    levels = np.geomspace(sigma.min(), sigma.max() * 1.0001, N_SIGMA_LEVELS)
-    position = np.interp(np.log(sigma), np.log(levels), np.arange(N_SIGMA_LEVELS))
-    low = np.minimum(position.astype(int), N_SIGMA_LEVELS - 2)
-    pad = int(np.ceil(4 * levels[-1])) + 2
+    drawn = np.maximum(radius, MIN_DISC_RADIUS)
+    per_pixel = attenuation * REFERENCE_SIZE / size  # attenuation is per reference pixel
+    mass = per_pixel * SAMPLE_SPACING * (radius / drawn) ** 2
+    levels = np.geomspace(drawn.min(), drawn.max() * 1.0001, N_RADIUS_LEVELS)
+    position = np.interp(np.log(drawn), np.log(levels), np.arange(N_RADIUS_LEVELS))
+    low = np.minimum(position.astype(int), N_RADIUS_LEVELS - 2)
+    pad = int(np.ceil(levels[-1])) + 3
     side = size + 2 * pad
     xy = points + pad
     x0, y0 = np.floor(xy[:, 0]).astype(int), np.floor(xy[:, 1]).astype(int)
@@ -198,10 +212,11 @@ def _absorption(vessels: list[_Vessel], size: int, attenuation: float) -> np.nda
             keep = (x >= 0) & (x < side) & (y >= 0) & (y < side)
             flat.append(((level * side + y) * side + x)[keep])
             weights.append((mass * level_weight * corner)[keep])
-    splats = np.bincount(np.concatenate(flat), np.concatenate(weights), N_SIGMA_LEVELS * side * side)
-    splats = splats.reshape(N_SIGMA_LEVELS, side, side)
-    depth = sum(gaussian_filter(splats[k], levels[k]) for k in range(N_SIGMA_LEVELS))
-    return depth[pad:-pad, pad:-pad]
+    splats = np.bincount(np.concatenate(flat), np.concatenate(weights),
+                         N_RADIUS_LEVELS * side * side).reshape(N_RADIUS_LEVELS, side, side)
+    depth = sum(fftconvolve(splats[k], _disc(levels[k]), mode="same")
+                for k in range(N_RADIUS_LEVELS))
+    return np.clip(depth[pad:-pad, pad:-pad], 0.0, None)  # FFT round-off can dip below 0
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -80,14 +81,13 @@ def _check_class_names(names: Sequence[str], n_classes: int, origin: str) -> Non
         raise ValueError(f"{origin}: class names must be distinct; got {', '.join(names)}")
 
 
-def _load_split(data, split: str, where: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Validated (images as uint8, labels as a flat int array) of one split."""
-    images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+def _validated(images: np.ndarray, labels: np.ndarray, split: str, where: Path):
+    """(images as uint8, labels as a flat int array) of one split, or a ValueError."""
     if labels.ndim == 2 and labels.shape[1] > 1:
         raise ValueError(f"{where}: {split}_labels has shape {labels.shape}: multi-label subsets "
                          "(such as chestmnist) are not supported")
-    if labels.ndim not in (1, 2) or not np.issubdtype(labels.dtype, np.integer) or labels.min(
-            initial=0) < 0:
+    if (labels.ndim not in (1, 2) or not np.issubdtype(labels.dtype, np.integer)
+            or labels.min(initial=0) < 0):
         raise ValueError(f"{where}: {split}_labels must be non-negative integers of shape (N,) or "
                          f"(N, 1); got {labels.dtype} {labels.shape}")
     labels = labels.reshape(-1)
@@ -106,18 +106,24 @@ def _load_split(data, split: str, where: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_npz(npz_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{split: (images, labels)} of a MedMNIST file, validated."""
     if not npz_path.is_file():
         raise ValueError(f"{npz_path}: no such file")
+    required = [f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels")]
     try:
-        with np.load(npz_path, allow_pickle=False) as data:
-            required = [f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels")]
+        data = np.load(npz_path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array, not named arrays")
+        with data:
             missing = [key for key in required if key not in data.files]
-            if missing:
-                raise ValueError(f"{npz_path}: missing arrays {', '.join(missing)} (a MedMNIST "
-                                 f"file holds {', '.join(required)})")
-            return {split: _load_split(data, split, npz_path) for split in SPLITS}
-    except (OSError, EOFError) as err:
-        raise ValueError(f"{npz_path}: not a readable .npz file ({err})") from err
+            arrays = {key: data[key] for key in required if key not in missing}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{npz_path}: not a readable .npz archive ({err})") from err
+    if missing:
+        raise ValueError(f"{npz_path}: missing arrays {', '.join(missing)} (a MedMNIST file "
+                         f"holds {', '.join(required)})")
+    return {split: _validated(arrays[f"{split}_images"], arrays[f"{split}_labels"], split,
+                              npz_path) for split in SPLITS}
 
 
 def convert_medmnist(

@@ -16,6 +16,7 @@ import pytest
 from diffaug import DiffusionAugmentor, NoiseSchedule, balance_folder
 from diffaug.augment import plan_samples
 from diffaug.io import read_manifest
+from diffaug.modes import SIXTEEN_BIT_MODES
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
@@ -192,6 +193,21 @@ def test_noise_grows_with_t_through_the_augmenter():
     assert all(later > earlier for earlier, later in zip(changes, changes[1:], strict=False))
 
 
+@pytest.mark.parametrize("mode", SIXTEEN_BIT_MODES)
+def test_every_sixteen_bit_mode_augments_like_i16(mode):
+    """Reference implementation (the I;16 path): every mode diffaug.modes calls 16-bit, mode I
+    with values in 0..65535 included (older Pillow opens 16-bit PNGs as I), gives the I;16
+    result's values for the same pixels and seed, in its own mode."""
+    reference = _image("I;16")
+    values = np.asarray(reference)
+    dtype = np.asarray(Image.new(mode, (1, 1))).dtype
+    image = Image.frombytes(mode, reference.size, values.astype(dtype).tobytes())
+    out = DiffusionAugmentor(seed=3)(image)
+    assert out.mode == mode
+    np.testing.assert_array_equal(np.asarray(out).astype(np.int64),
+                                  np.asarray(DiffusionAugmentor(seed=3)(reference)))
+
+
 def test_sixteen_bit_keeps_sixteen_bit_precision():
     """Contract: 16-bit output uses the full 16-bit scale, not 8-bit steps."""
     out = np.asarray(DiffusionAugmentor(seed=0)(_image("I;16")))
@@ -256,7 +272,11 @@ def test_fit_resample_rejects_bad_input(X, y, message):
 
 @pytest.mark.parametrize(("image", "error", "message"), [
     (Image.new("P", (4, 4)), ValueError, "unsupported image mode 'P'"),
-    (Image.new("I", (4, 4)), ValueError, "unsupported image mode 'I'"),
+    (Image.new("I", (4, 4), 65536), ValueError, r"mode 'I' values 65536..65536 do not fit"),
+    (Image.new("I", (4, 4), -1), ValueError, r"mode 'I' values -1..-1 do not fit"),
+    (Image.new("F", (4, 4)), ValueError, "unsupported image mode 'F'"),
+    (Image.new("CMYK", (4, 4)), ValueError, "unsupported image mode 'CMYK'"),
+    (Image.new("1", (4, 4)), ValueError, "unsupported image mode '1'"),
     (np.zeros((4, 4), np.int32), ValueError, "uint8, uint16 or float"),
     (np.zeros((2, 4, 4, 1), np.uint8), ValueError, r"\(H, W\)"),
     ([[0, 1], [1, 0]], TypeError, "PIL image or a numpy array"),

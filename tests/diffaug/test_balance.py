@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -112,15 +114,14 @@ def test_sources_and_seeds_follow_the_documented_draw(class_folders, tmp_path):
 
 
 def test_same_output_whatever_the_number_of_workers(class_folders, tmp_path):
-    """Contract: workers=1 and workers=2 write byte-identical files (run record aside)."""
+    """Contract (DESIGN: byte-identical output whatever the number of workers): workers=1 and
+    workers=2 write the same files, the run record and the manifest included."""
     in_dir = class_folders({"normal": 9, "stenosis": 2})
     balance_folder(in_dir, tmp_path / "one", ratio=0.9, seed=3, workers=1)
     balance_folder(in_dir, tmp_path / "two", ratio=0.9, seed=3, workers=2)
     one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
-    records = [json.loads(files.pop(RUN_RECORD_NAME)) for files in (one, two)]
-    assert one == two and len(one) == 11 + 7 + 1
-    assert [r["workers"] for r in records] == [1, 2]
-    assert records[0]["options"] == records[1]["options"]
+    assert one == two and len(one) == 11 + 7 + 2
+    assert RUN_RECORD_NAME in one and MANIFEST_NAME in one
     balance_folder(in_dir, tmp_path / "other-seed", ratio=0.9, seed=4)
     other = _files(tmp_path / "other-seed")
     assert other[MANIFEST_NAME] != one[MANIFEST_NAME]
@@ -182,21 +183,149 @@ def test_progress_reports_every_file(class_folders, tmp_path):
 
 
 def test_bad_files_are_named_and_skipped(class_folders, tmp_path):
-    """Contract: non-image, unreadable and unsupported-mode files are reported and not copied."""
+    """Contract: non-image and unreadable files in class folders are reported and not copied."""
     in_dir = class_folders({"a": 4, "b": 2})
     (in_dir / "a" / "notes.txt").write_text("not an image")
     (in_dir / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    Image.new("P", (4, 4)).save(in_dir / "b" / "palette.png")
-    (in_dir / "readme.md").write_text("top-level file")
     report = balance_folder(in_dir, tmp_path / "out", ratio=1)
-    reasons = {path.relative_to(in_dir).as_posix(): reason for path, reason in
-               ((s.path, s.reason) for s in report.skipped)}
-    assert set(reasons) == {"a/notes.txt", "b/broken.png", "b/palette.png", "readme.md"}
+    reasons = {s.path.relative_to(in_dir).as_posix(): s.reason for s in report.skipped}
+    assert set(reasons) == {"a/notes.txt", "b/broken.png"}
     assert "not an image" in reasons["a/notes.txt"]
     assert "cannot read" in reasons["b/broken.png"]
-    assert "unsupported image mode 'P'" in reasons["b/palette.png"]
     assert report.counts_before == {"": {"a": 4, "b": 2}}
     assert not any((tmp_path / "out" / name).exists() for name in reasons)
+
+
+def _save_unsupported(folder: Path) -> dict[str, str]:
+    """Readable images of every mode diffaug cannot augment; returns name -> mode."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ramp = np.arange(48).reshape(6, 8)
+    Image.fromarray(ramp.astype(np.uint8)).convert("P").save(folder / "palette.png")
+    Image.fromarray((ramp % 2 * 255).astype(np.uint8)).convert("1").save(folder / "bilevel.png")
+    Image.fromarray(np.dstack([ramp] * 3).astype(np.uint8)).convert("CMYK").save(
+        folder / "print.jpg")
+    Image.fromarray(ramp.astype(np.float32) / 47).save(folder / "float.tif")
+    Image.fromarray((ramp * 10_000).astype(np.int32)).save(folder / "wide.tif")  # > 16 bits
+    return {"palette.png": "P", "bilevel.png": "1", "print.jpg": "CMYK", "float.tif": "F",
+            "wide.tif": "I"}
+
+
+def test_unsupported_modes_are_copied_but_never_sources(class_folders, tmp_path):
+    """Contract: every readable original is copied byte-identical and counts for eq. 3; images
+    of modes the augmenter cannot take are named and never drawn as synthesis sources."""
+    in_dir = class_folders({"a": 12, "b": 2})
+    modes = _save_unsupported(in_dir / "b")
+    for name, mode in modes.items():
+        assert Image.open(in_dir / "b" / name).mode == mode
+    out = tmp_path / "out"
+    report = balance_folder(in_dir, out, ratio=1, seed=0)
+    assert report.counts_before == {"": {"a": 12, "b": 7}} and report.synthesis["b"] == 5
+    assert report.skipped == ()
+    assert {k: v for k, v in _files(out).items() if k in _files(in_dir)} == _files(in_dir)
+    excluded = {s.path.name: s.reason for s in report.excluded_sources}
+    assert set(excluded) == set(modes)
+    assert "unsupported image mode 'P'" in excluded["palette.png"]
+    assert "do not fit 16 bits" in excluded["wide.tif"]
+    rows = _check_manifest(out, split="")
+    assert len(rows) == 5 and {Path(r.source).name for r in rows} <= {"img_000.png",
+                                                                      "img_001.png"}
+
+
+def test_class_without_augmentable_images_is_one_error(class_folders, tmp_path):
+    """Contract: a class that needs synthetic images but holds only unsupported modes is one
+    clear error naming the folder, before anything is written."""
+    in_dir = class_folders({"a": 6})
+    _save_unsupported(in_dir / "b")
+    with pytest.raises(BalanceInputError, match=r"class folder .*b needs 1 synthetic images "
+                                                r"but none of its 5 images can be augmented"):
+        balance_folder(in_dir, tmp_path / "out", ratio=1)
+    assert not (tmp_path / "out").exists()
+    report = balance_folder(in_dir, tmp_path / "out", ratio=0.5)  # b needs none: fine
+    assert report.synthesis == {"a": 0, "b": 0} and report.n_copied == 11
+
+
+def test_wide_mode_i_images_within_16_bits_are_sources(class_folders, tmp_path):
+    """Same-seed rederivation: a 32-bit integer TIFF (mode I, as older Pillow also opens
+    16-bit PNGs) whose values fit 16 bits is augmented as 16-bit, written as a 16-bit PNG
+    holding exactly the augmenter's pixels."""
+    in_dir = class_folders({"a": 3})
+    (in_dir / "b").mkdir()
+    values = np.random.default_rng(0).integers(0, 65536, (12, 12)).astype(np.int32)
+    Image.fromarray(values).save(in_dir / "b" / "wide.tif")
+    out = tmp_path / "out"
+    report = balance_folder(in_dir, out, ratio=1, seed=0)
+    assert report.excluded_sources == ()
+    for row in read_manifest(out / MANIFEST_NAME):
+        with Image.open(out / row.source) as source, Image.open(out / row.path) as synthetic:
+            assert source.mode == "I" and synthetic.mode == "I;16"
+            expected = DiffusionAugmentor(seed=row.seed)(source)
+            np.testing.assert_array_equal(np.asarray(synthetic), np.asarray(expected))
+
+
+def test_dot_entries_are_ignored_and_sub_folders_named(class_folders, tmp_path, save_image):
+    """Contract: .ipynb_checkpoints/ and .DS_Store are no class, no image and no warning, at
+    any level; a sub-folder of a class folder is named in a warning and the run goes on."""
+    in_dir = class_folders({"a": 3, "b": 1})
+    (in_dir / ".ipynb_checkpoints").mkdir()
+    for folder in (in_dir, in_dir / "a"):
+        (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    save_image(in_dir / "a" / ".ipynb_checkpoints" / "img_000-checkpoint.png")
+    (in_dir / "b" / "._img_000.png").write_bytes(b"AppleDouble")
+    save_image(in_dir / "b" / "nested" / "img_000.png")
+    report = balance_folder(in_dir, tmp_path / "out", ratio=1)
+    assert report.counts_before == {"": {"a": 3, "b": 1}}
+    assert [(s.path.relative_to(in_dir).as_posix(), "sub-folder" in s.reason)
+            for s in report.skipped] == [("b/nested", True)]
+    assert not [p for p in (tmp_path / "out").rglob(".*")]
+
+
+def test_top_level_dataset_files_are_copied(split_folders, tmp_path):
+    """Contract: top-level regular files that are not images (a converter's source record, a
+    README) are copied unchanged; a stray image or an earlier run's record is named instead."""
+    (split_folders / "medmnist-source.json").write_text('{"source": "breastmnist.npz"}')
+    (split_folders / "README").write_text("BreastMNIST as folders")
+    (split_folders / "preview.png").write_bytes((split_folders / "val/normal/img_000.png")
+                                                .read_bytes())
+    (split_folders / RUN_RECORD_NAME).write_text("{}")
+    (split_folders / "extra").mkdir()
+    out = tmp_path / "out"
+    report = balance_folder(split_folders, out, ratio=1, seed=0)
+    for name in ("medmnist-source.json", "README"):
+        assert (out / name).read_bytes() == (split_folders / name).read_bytes()
+    assert report.n_copied == 11 + 3 + 3 + 2
+    assert {s.path.name for s in report.skipped} == {"preview.png", RUN_RECORD_NAME, "extra"}
+    assert not (out / "preview.png").exists() and not (out / "extra").exists()
+    assert json.loads((out / RUN_RECORD_NAME).read_text())["command"] == "balance"
+
+
+def _new_file_mode(folder: Path) -> int:
+    """The permission bits `open(path, "xb")` gives a new file under the current umask."""
+    with open(folder / "reference", "xb"):
+        pass
+    mode = stat.S_IMODE((folder / "reference").stat().st_mode)
+    (folder / "reference").unlink()
+    return mode
+
+
+def test_output_files_get_normal_permissions(class_folders, tmp_path):
+    """Contract: written files get what a new file gets under the umask (not tempfile's 0600);
+    copied originals keep their own permission bits, as `shutil.copy` does."""
+    previous = os.umask(0o022)
+    try:
+        in_dir = class_folders({"a": 3, "b": 1})
+        (in_dir / "a" / "img_001.png").chmod(0o640)
+        (in_dir / "a" / "img_002.png").chmod(0o755)
+        out = tmp_path / "out"
+        balance_folder(in_dir, out, ratio=1, seed=0)
+        expected = _new_file_mode(tmp_path)
+    finally:
+        os.umask(previous)
+    assert expected == 0o644
+    modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in out.rglob("*") if p.is_file()}
+    assert modes.pop("a/img_001.png") == 0o640 and modes.pop("a/img_002.png") == 0o755
+    assert {MANIFEST_NAME, RUN_RECORD_NAME, "b/syn_img_000_0.png"} <= set(modes)
+    assert set(modes.values()) == {expected}
 
 
 def _empty_class(root: Path, save_image) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 from diffaug.balance import RUN_RECORD_NAME
 from diffaug.cli import main
 from diffaug.io import MANIFEST_NAME, read_manifest
@@ -97,6 +98,27 @@ def test_skipped_files_are_named_on_stderr(class_folders, tmp_path):
     assert f"Warning: skipped {in_dir / 'a' / 'notes.txt'}: not an image" in result.stderr
 
 
+def test_notebook_folders_palettes_and_readmes(class_folders, tmp_path, save_image):
+    """CLI: a Jupyter checkpoint folder is ignored (it used to count as a class and fail), a
+    sub-folder and a palette image are named in warnings, a top-level README is copied."""
+    in_dir = class_folders({"a": 4, "b": 1})
+    (in_dir / ".ipynb_checkpoints").mkdir()
+    save_image(in_dir / "a" / "nested" / "x.png")
+    Image.new("P", (6, 6)).save(in_dir / "b" / "palette.png")
+    (in_dir / "README.md").write_text("four a, two b")
+    result = _invoke("balance", in_dir, tmp_path / "out", "--ratio", "1", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert f"Warning: skipped {in_dir / 'a' / 'nested'}: a sub-folder" in result.stderr
+    assert (f"Warning: copied {in_dir / 'b' / 'palette.png'} but not used to synthesise: "
+            "unsupported image mode 'P'") in result.stderr
+    assert ".ipynb_checkpoints" not in result.output
+    assert (tmp_path / "out" / "README.md").read_text() == "four a, two b"
+    assert (tmp_path / "out" / "b" / "palette.png").read_bytes() == \
+        (in_dir / "b" / "palette.png").read_bytes()
+    assert {Path(row.source).name for row in read_manifest(tmp_path / "out" / MANIFEST_NAME)} \
+        == {"img_000.png"}
+
+
 @pytest.mark.parametrize("ratio", ["0", "-0.2", "1.01", "2", "nan", "inf", "abc", ""])
 def test_ratio_outside_0_1(class_folders, tmp_path, ratio):
     """CLI: --ratio outside (0, 1] is a usage error naming the option."""
@@ -177,3 +199,21 @@ def test_diffaug_never_imports_torch(class_folders, tmp_path):
                                timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert Path(tmp_path / "out" / MANIFEST_NAME).is_file()
+
+
+def test_no_diffaug_module_imports_torch():
+    """Contract: every module of the package, the FID ones included, imports without torch;
+    the package exports the torch-free FID API."""
+    script = textwrap.dedent("""
+        import importlib, pkgutil, sys
+        import diffaug
+        for module in pkgutil.iter_modules(diffaug.__path__, "diffaug."):
+            if module.name != "diffaug.__main__":
+                importlib.import_module(module.name)
+        from diffaug import FidReport, KernelDistance, compute_fid  # noqa: F401
+        assert {"compute_fid", "FidReport"} <= set(diffaug.__all__)
+        sys.exit(sorted(name for name in sys.modules if name.split(".")[0] == "torch"))
+    """)
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               timeout=120)
+    assert completed.returncode == 0, completed.stderr

@@ -1,14 +1,16 @@
-"""FID and KID numerics (`diffaug.fid`), without the Inception network.
+"""FID numerics (`diffaug.frechet`) and the FID pipeline on .npz statistics (`diffaug.fid`),
+without the Inception network (KID: test_kid.py).
 
 Kinds: reference implementation (`scipy.linalg.sqrtm`, pytorch-fid's
-`calculate_frechet_distance`, a direct O(n²) MMD formula), analytic oracles (equal covariances
-give ||mu1 - mu2||²; the unbiased MMD² has mean zero when both sets come from one
-distribution), same-seed rederivation (KID's subsets) and CLI tests on .npz statistics, which
-need no torch.
+`calculate_frechet_distance`), analytic oracles (equal covariances give ||mu1 - mu2||²),
+contract tests (statistics files, permissions) and CLI tests on .npz statistics, which need no
+torch.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 import warnings
 
@@ -16,15 +18,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from diffaug.cli import main
-from diffaug.fid import (
-    FID_DIMS,
+from diffaug.fid import FID_DIMS, compute_fid, save_fid_stats
+from diffaug.frechet import (
     FeatureStatistics,
-    compute_fid,
     frechet_distance,
     frechet_distance_between,
-    kernel_inception_distance,
-    polynomial_mmd2,
-    save_fid_stats,
     trace_sqrt_product,
     trace_sqrt_product_from_features,
 )
@@ -138,59 +136,6 @@ def test_mismatched_dimensions_are_a_clear_error() -> None:
         frechet_distance_between(real, other)
 
 
-def direct_mmd2(x: np.ndarray, y: np.ndarray) -> float:
-    """The unbiased MMD² estimator written out term by term (Bińkowski et al. 2018, eq. 3)."""
-    def k(a, b):
-        return (a @ b / len(a) + 1) ** 3
-
-    m, n = len(x), len(y)
-    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
-    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
-    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
-    return xx + yy - 2 * xy
-
-
-def test_polynomial_mmd2_matches_direct_formula() -> None:
-    """Reference implementation: the O(n²) double sum."""
-    rng = np.random.default_rng(7)
-    x, y = rng.standard_normal((9, 5)), rng.standard_normal((7, 5)) + 0.4
-    assert polynomial_mmd2(x, y) == pytest.approx(direct_mmd2(x, y), rel=EXACT_RTOL)
-
-
-def test_kid_averages_mmd2_over_seeded_subsets() -> None:
-    """Same-seed rederivation: redraw the documented subsets and average the direct formula."""
-    rng_data = np.random.default_rng(8)
-    x, y = rng_data.standard_normal((15, 4)), rng_data.standard_normal((12, 4)) + 0.3
-    kid = kernel_inception_distance(x, y, num_subsets=5, subset_size=10, seed=3)
-    rng = np.random.default_rng(3)
-    values = [
-        direct_mmd2(x[rng.choice(15, 10, replace=False)], y[rng.choice(12, 10, replace=False)])
-        for _ in range(5)
-    ]
-    assert kid.mean == pytest.approx(np.mean(values), rel=EXACT_RTOL)
-    assert kid.std == pytest.approx(np.std(values), rel=EXACT_RTOL)
-    assert kid == kernel_inception_distance(x, y, num_subsets=5, subset_size=10, seed=3)
-
-
-def test_kid_is_unbiased() -> None:
-    """Analytic oracle: E[MMD²_u] = 0 when both sets come from one distribution, > 0 otherwise.
-    Averaged over 200 independent pairs, the mean stays within 4 standard errors of 0, while a
-    shift of 0.5 standard deviations is many standard errors away."""
-    rng = np.random.default_rng(9)
-
-    def mean_and_error(shift: float) -> tuple[float, float]:
-        values = [
-            polynomial_mmd2(rng.standard_normal((20, 8)), rng.standard_normal((20, 8)) + shift)
-            for _ in range(200)
-        ]
-        return float(np.mean(values)), float(np.std(values) / np.sqrt(len(values)))
-
-    same, same_error = mean_and_error(0.0)
-    assert abs(same) < 4 * same_error
-    shifted, shifted_error = mean_and_error(0.5)
-    assert shifted > 10 * shifted_error
-
-
 def test_statistics_round_trip_like_pytorch_fid(tmp_path) -> None:
     """Contract: the .npz holds `mu` and `sigma` (pytorch-fid's keys), ".npz" is appended like
     np.savez_compressed does, and an existing file is never overwritten."""
@@ -207,6 +152,21 @@ def test_statistics_round_trip_like_pytorch_fid(tmp_path) -> None:
     with pytest.raises(ValueError, match="already exists"):
         save_fid_stats(tmp_path / "anything", written)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["real.npz"]  # no temporary left
+
+
+def test_statistics_file_respects_the_umask(tmp_path) -> None:
+    """Contract: the .npz gets the permissions `open(path, "xb")` gives a new file (0o666 less
+    the umask), not mkstemp's private 0o600."""
+    stats = FeatureStatistics.from_features(np.random.default_rng(10).standard_normal((6, 3)))
+    previous = os.umask(0o022)
+    try:
+        written = stats.save(tmp_path / "real.npz")
+        with open(tmp_path / "reference", "xb"):
+            pass
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(written.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "reference").stat().st_mode) == 0o644
 
 
 def _two_statistics_files(tmp_path):

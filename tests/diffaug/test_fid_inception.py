@@ -31,14 +31,12 @@ from diffaug.features import (  # noqa: E402
     InceptionWeightsError,
     list_images,
     load_inception_input,
+    resolve_device,
 )
-from diffaug.fid import (  # noqa: E402
-    FeatureStatistics,
-    FewImagesWarning,
-    compute_fid,
-    fid_of_balanced_classes,
-)
+from diffaug.fid import FewImagesWarning, compute_fid, fid_of_balanced_classes  # noqa: E402
+from diffaug.frechet import FeatureStatistics  # noqa: E402
 from diffaug.io import MANIFEST_NAME, read_manifest  # noqa: E402
+from diffaug.modes import SIXTEEN_BIT_MODES  # noqa: E402
 from PIL import Image  # noqa: E402
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -166,6 +164,69 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path) -> None:
     clipped = torchvision.transforms.functional.to_tensor(
         Image.open(tmp_path / "sixteen.png").convert("RGB"))
     assert clipped.mean() > 0.95 > eight.mean() + 0.3  # pytorch-fid sees an almost white image
+
+
+@pytest.mark.parametrize("mode", SIXTEEN_BIT_MODES)
+def test_every_sixteen_bit_mode_is_scaled_by_its_full_range(tmp_path, monkeypatch, mode) -> None:
+    """Analytic oracle, over diffaug.modes' one table of 16-bit modes (the augmenter's too):
+    257·k in any of them, mode I included, is the 8-bit image of k. The decoded image is
+    mocked because Pillow cannot write every one of these modes to a file."""
+    levels = np.random.default_rng(4).integers(0, 256, (9, 11))
+    Image.fromarray(levels.astype(np.uint8)).save(tmp_path / "eight.png")
+    dtype = np.asarray(Image.new(mode, (1, 1))).dtype
+    image = Image.frombytes(mode, (11, 9), (levels * 257).astype(dtype).tobytes())
+    eight = load_inception_input(tmp_path / "eight.png")
+    monkeypatch.setattr("diffaug.features.read_image", lambda path: image)
+    torch.testing.assert_close(load_inception_input(tmp_path / "deep.png"), eight, rtol=0, atol=0)
+
+
+def test_mode_i_beyond_sixteen_bits_is_named(tmp_path) -> None:
+    """Contract: a 32-bit integer image whose values do not fit 16 bits is refused by name."""
+    Image.fromarray(np.full((4, 4), 70_000, np.int32)).save(tmp_path / "wide.tif")
+    with pytest.raises(ValueError, match=r"wide\.tif: mode 'I' values 70000\.\.70000 do not fit"):
+        load_inception_input(tmp_path / "wide.tif")
+
+
+def test_cuda_device_without_cuda_is_one_line(torch_home, two_folders, monkeypatch) -> None:
+    """CLI (CUDA availability mocked, so it runs on any machine): `--device cuda` where there
+    is no CUDA is a usage error saying what to use instead, before any network is built;
+    `auto` falls back to the CPU; a CUDA index the machine lacks is named."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    message = "--device cuda: CUDA is not available on this machine; use --device cpu or auto"
+    with pytest.raises(ValueError) as caught:
+        resolve_device("cuda")
+    assert str(caught.value) == message
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    output = one_line_cli_error(["fid", *map(str, two_folders), "--device", "cuda"], 2)
+    assert output.strip() == f"Error: {message}"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="--device cuda:3: this machine has 1 CUDA device"):
+        resolve_device("cuda:3")
+
+
+class NetworkBuilt(AssertionError):
+    """Raised by a mocked InceptionFeatures: the network was built when it should not be."""
+
+
+def refuse_network(**options) -> None:
+    raise NetworkBuilt("InceptionFeatures was built")
+
+
+@pytest.mark.parametrize("which", ["real", "other", "save-stats"])
+def test_too_few_images_fail_before_the_network(tmp_path, monkeypatch, which) -> None:
+    """CLI, mocked heavy model: a folder of one image is one line (exit 2) naming the folder,
+    found while counting the inputs, before the Inception network is built."""
+    monkeypatch.setattr("diffaug.features.InceptionFeatures", refuse_network)
+    write_images(tmp_path / "one", 1)
+    write_images(tmp_path / "many", 4)
+    folders = {"real": ["one", "many"], "other": ["many", "one"], "save-stats": ["one", "s.npz"]}
+    arguments = [str(tmp_path / name) for name in folders[which]]
+    extra = ["--save-stats"] if which == "save-stats" else []
+    output = one_line_cli_error(["fid", *arguments, *extra, "--device", "cpu", "--quiet"], 2)
+    assert f"{tmp_path / 'one'}: FID needs at least 2 images per set, found 1" in output
+    with pytest.raises(ValueError, match="found 1"):
+        compute_fid([tmp_path / "many" / "img_00.png"], tmp_path / "many")
 
 
 def test_recursive_folders_and_few_image_warning(torch_home, tmp_path) -> None:

@@ -6,7 +6,10 @@ Contract tests; the failure of a rename is simulated with monkeypatch.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from diffaug.io import (
     ManifestRow,
     UnreadableImageError,
     atomic_copy,
+    atomic_write,
     atomic_write_bytes,
     encode_png,
     has_image_extension,
@@ -50,6 +54,52 @@ def test_atomic_write_and_copy(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin"]
 
 
+def test_failure_while_writing_leaves_nothing(tmp_path):
+    """Contract: an error inside the `atomic_write` block removes the temporary file and
+    leaves an existing target as it was."""
+    (tmp_path / "kept.bin").write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_write(tmp_path / "kept.bin") as handle:
+        handle.write(b"half")
+        raise RuntimeError("disk full")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept.bin"]
+    assert (tmp_path / "kept.bin").read_bytes() == b"old"
+
+
+@pytest.fixture
+def umask_027():
+    """Run under umask 027 (new files 0640), whatever the test runner's umask is."""
+    previous = os.umask(0o027)
+    yield
+    os.umask(previous)
+
+
+def _permissions(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_written_files_respect_the_umask(tmp_path, umask_027):
+    """Contract: a file written atomically gets the permissions `open(path, "xb")` gives a new
+    file (0o666 less the umask), not the temporary file's private 0o600."""
+    with open(tmp_path / "reference", "xb"):
+        pass
+    atomic_write_bytes(tmp_path / "a.bin", b"data")
+    write_manifest(tmp_path / "m.csv", [])
+    assert _permissions(tmp_path / "reference") == 0o640
+    assert _permissions(tmp_path / "a.bin") == _permissions(tmp_path / "m.csv") == 0o640
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o600, 0o755, 0o444])
+def test_copies_keep_the_source_permissions(tmp_path, umask_027, mode):
+    """Contract: like `shutil.copy` (reference implementation), a copy keeps its source's
+    permission bits, whatever the umask."""
+    (tmp_path / "source").write_bytes(b"pixels")
+    (tmp_path / "source").chmod(mode)
+    atomic_copy(tmp_path / "source", tmp_path / "copy")
+    shutil.copy(tmp_path / "source", tmp_path / "shutil-copy")
+    assert _permissions(tmp_path / "copy") == _permissions(tmp_path / "shutil-copy") == mode
+    assert (tmp_path / "copy").read_bytes() == b"pixels"
+
+
 def test_sixteen_bit_png_round_trip(tmp_path):
     """Contract: a 16-bit grayscale PNG reads as I;16 and is written back as 16-bit."""
     values = np.arange(0, 65536, 257, dtype=np.uint16).reshape(16, 16)
@@ -61,6 +111,26 @@ def test_sixteen_bit_png_round_trip(tmp_path):
     assert again.mode == "I;16"
     np.testing.assert_array_equal(np.asarray(again), values)
     assert encode_png(image) == encode_png(again)  # same pixels, same bytes
+
+
+@pytest.mark.parametrize("mode", ["I", "I;16B", "I;16L", "I;16N"])
+def test_other_sixteen_bit_modes_are_written_as_sixteen_bit_png(mode):
+    """Contract: 16-bit modes PNG cannot store as they are become 16-bit PNGs with the same
+    values, read back as I;16 (the I;16 encoding is the reference)."""
+    values = np.arange(0, 65536, 257, dtype=np.uint16).reshape(16, 16)
+    dtype = np.asarray(Image.new(mode, (1, 1))).dtype
+    image = Image.frombytes(mode, (16, 16), values.astype(dtype).tobytes())
+    data = encode_png(image)
+    assert data == encode_png(Image.fromarray(values))
+    again = Image.open(io.BytesIO(data))
+    assert again.mode == "I;16"
+    np.testing.assert_array_equal(np.asarray(again), values)
+
+
+def test_mode_i_beyond_sixteen_bits_is_not_encoded():
+    """Contract: mode I values that do not fit 16 bits are an error, never wrapped around."""
+    with pytest.raises(ValueError, match="do not fit 16 bits"):
+        encode_png(Image.new("I", (2, 2), 70_000))
 
 
 def test_truncated_png_is_unreadable(tmp_path):

@@ -88,7 +88,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(run folder, data folder) of a 2-epoch qmobilenet fit at 32 px; treat it as read-only
     (copy it before evaluating into it)."""
     pytest.importorskip("torch")
-    from qclassify.train import TrainConfig, fit
+    from qclassify.config import TrainConfig
+    from qclassify.train import fit
 
     base = tmp_path_factory.mktemp("trained")
     data = make_image_folder(base / "data")

@@ -21,11 +21,11 @@ pytest.importorskip("torch")
 from click.testing import CliRunner  # noqa: E402
 from qclassify.cli import main  # noqa: E402
 from qclassify.compare import DEFAULT_RUNS, compare, select_runs  # noqa: E402
+from qclassify.config import TrainConfig  # noqa: E402
 from qclassify.data import MANIFEST_NAME, discover_dataset  # noqa: E402
 from qclassify.metrics import METRIC_NAMES, evaluate_predictions  # noqa: E402
 from qclassify.results import FIGURE_FILES, RunOutcome, write_report  # noqa: E402
 from qclassify.stats import mcnemar_test  # noqa: E402
-from qclassify.train import TrainConfig  # noqa: E402
 
 COUNTS = {"normal": 20, "stenosis": 14}
 TINY = TrainConfig(epochs=1, batch_size=8, image_size=32, weights="none", device="cpu",

@@ -103,16 +103,58 @@ def test_preprocess_repeats_gray_and_applies_imagenet_statistics():
 
 
 def test_list_images_and_find_unreadable(tmp_path):
-    """Contract: image extensions in any case, recursively, sorted; broken files named."""
+    """Contract: image extensions in any case, sorted, dot-entries never listed; the folder's
+    own files only, or every sub-folder with `recursive`; broken files named."""
     (tmp_path / "a" / "deep").mkdir(parents=True)
+    (tmp_path / "a" / ".ipynb_checkpoints").mkdir()
     Image.fromarray(_ramp()).save(tmp_path / "a" / "deep" / "x.PNG")
     Image.fromarray(_ramp()).save(tmp_path / "a" / "y.jpg")
+    Image.fromarray(_ramp()).save(tmp_path / "a" / ".ipynb_checkpoints" / "y-checkpoint.png")
+    (tmp_path / "a" / "._y.png").write_bytes(b"AppleDouble metadata, not an image")
     (tmp_path / "a" / "notes.txt").write_text("not an image")
     (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    found = list_images(tmp_path)
+    found = list_images(tmp_path, recursive=True)
     assert [p.relative_to(tmp_path).as_posix() for p in found] == [
         "a/broken.png", "a/deep/x.PNG", "a/y.jpg"]
+    assert [p.name for p in list_images(tmp_path / "a")] == ["broken.png", "y.jpg"]
+    assert list_images(tmp_path) == []
     assert list(find_unreadable(found)) == [str(tmp_path / "a" / "broken.png")]
+
+
+def test_decompression_bomb_is_an_unreadable_image(tmp_path, monkeypatch):
+    """Contract: an image over PIL's pixel limit (DecompressionBombError, a plain Exception)
+    is a ValueError naming the file, and discovery skips it like any unreadable image."""
+    Image.fromarray(_ramp(16)).save(tmp_path / "big.png")  # 256 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL refuses above twice the limit
+    with pytest.raises(ValueError, match=r"cannot read image .*big\.png.*decompression bomb"):
+        read_image(tmp_path / "big.png")
+    assert list(find_unreadable([tmp_path / "big.png"])) == [str(tmp_path / "big.png")]
+
+
+@pytest.mark.parametrize("layout", ["flat", "split"])
+def test_discovery_reads_class_folders_flat_and_ignores_dot_entries(make_images, tmp_path,
+                                                                   layout):
+    """Contract (diffaug's discovery rule): a class folder's images are its own files; a
+    sub-folder is ignored with a warning naming it; dot-entries are ignored silently."""
+    data = make_images(tmp_path / "data", counts={"normal": 6, "stenosis": 6}, layout=layout)
+    expected = sorted(p.relative_to(data).as_posix() for p in list_images(data, recursive=True))
+    class_dir = data / "normal" if layout == "flat" else data / "train" / "normal"
+    image = next(iter(list_images(class_dir)))
+    for extra in ("patient7/extra.png", ".ipynb_checkpoints/extra-checkpoint.png"):
+        (class_dir / extra).parent.mkdir()
+        shutil.copy(image, class_dir / extra)
+    (class_dir / f"._{image.name}").write_bytes(b"AppleDouble metadata, not an image")
+    for folder in (data, class_dir):
+        (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (data / ".ipynb_checkpoints").mkdir()
+    shutil.copy(image, data / ".ipynb_checkpoints" / "stray.png")
+    with pytest.warns(UserWarning) as record:
+        dataset = discover_dataset(data, seed=0)
+    assert [str(w.message) for w in record] == [
+        f"ignoring sub-folder {class_dir / 'patient7'}: class folders are read without their "
+        "sub-folders"]
+    assert sorted(s.path for s in dataset.samples) == expected
+    assert dataset.class_names == ("normal", "stenosis")
 
 
 def _splits(dataset) -> dict[str, str]:
@@ -126,7 +168,7 @@ def test_flat_split_is_stratified_seeded_and_complete(make_images, tmp_path):
     dataset = discover_dataset(data, seed=0)
     assert dataset.class_names == ("a", "b", "c") and dataset.layout == "flat"
     assert sorted(s.path for s in dataset.samples) == [
-        p.relative_to(data).as_posix() for p in list_images(data)]
+        p.relative_to(data).as_posix() for p in list_images(data, recursive=True)]
     counts = Counter((s.split, s.class_name) for s in dataset.samples)
     for split, share in (("train", 0.70), ("val", 0.15), ("test", 0.15)):
         for name, total in (("a", 40), ("b", 20), ("c", 10)):
@@ -176,7 +218,7 @@ def test_split_layout_is_used_as_given(make_images, tmp_path):
     train (source in train) is kept, one written into val is dropped."""
     data = make_images(tmp_path / "data", counts={"normal": 10, "stenosis": 5}, layout="split")
     given = {p.relative_to(data).as_posix(): p.relative_to(data).parts[0]
-             for p in list_images(data)}
+             for p in list_images(data, recursive=True)}
     synthetic = _add_synthetic(data, ["train/stenosis/stenosis_004.png",
                                       "val/stenosis/stenosis_001.png"], split_column="train")
     dataset = discover_dataset(data, seed=0)

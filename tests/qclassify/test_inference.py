@@ -11,13 +11,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from qclassify.config import TrainConfig  # noqa: E402
 from qclassify.data import read_split_csv  # noqa: E402
 from qclassify.images import make_preprocess, read_image  # noqa: E402
 from qclassify.inference import evaluate_run, load_run, predict_paths  # noqa: E402
-from qclassify.train import TrainConfig, fit  # noqa: E402
+from qclassify.train import fit  # noqa: E402
 from sklearn.metrics import accuracy_score  # noqa: E402
 
 PROBA_ATOL = 1e-6  # the same float32 forward pass, batched differently
+CIRCUIT_ATOL = 1e-5  # the same weights, circuit simulated in float32 (torch) or float64 (PL)
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -125,6 +127,25 @@ def test_predict_paths_files_and_folders(trained_run, tmp_path):
         assert row["p_normal"] + row["p_stenosis"] == pytest.approx(1.0, abs=1e-9)
         winner = "normal" if row["p_normal"] >= row["p_stenosis"] else "stenosis"
         assert row["predicted_class"] == winner
+
+
+def test_load_run_rebuilds_the_checkpoints_pennylane_device(run_copy):
+    """Contract: load_run builds the quantum layer on the checkpoint's q_device (here the
+    weights of a torch-backend run, moved to PennyLane), which predicts what the torch
+    backend predicts; a checkpoint written before q_device existed gets default.qubit."""
+    pytest.importorskip("pennylane_lightning")
+    run, data = run_copy
+    images = sorted((data / "stenosis").iterdir())[:3]
+    expected, _ = load_run(run, device="cpu").proba(images)
+    checkpoint = torch.load(run / "model.pt", weights_only=True)
+    checkpoint.update(q_backend="pennylane", q_device="lightning.qubit")
+    torch.save(checkpoint, run / "model.pt")
+    moved = load_run(run, device="cpu")
+    assert moved.model.quantum.circuit.qnode.device.name == "lightning.qubit"
+    np.testing.assert_allclose(moved.proba(images)[0], expected, atol=CIRCUIT_ATOL, rtol=0)
+    del checkpoint["q_device"]
+    torch.save(checkpoint, run / "model.pt")
+    assert load_run(run, device="cpu").model.quantum.device_name == "default.qubit"
 
 
 def test_load_run_without_model(tmp_path):

@@ -168,6 +168,34 @@ def test_resolve_device(monkeypatch):
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="CUDA is not available"):
         resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+
+
+def test_resolve_device_checks_the_gpu_index(monkeypatch):
+    """Contract: cuda:N must name one of the machine's GPUs (mocked: one GPU)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match=r"only 1 CUDA device\(s\) exist; use cuda:0"):
+        resolve_device("cuda:1")
+
+
+def test_q_device_reaches_the_pennylane_layer():
+    """Reference implementation: build_model's q_device is the PennyLane device the quantum
+    layer runs on, and lightning.qubit gives the logits of default.qubit for the same seed."""
+    pytest.importorskip("pennylane_lightning")
+    images = torch.rand(2, 3, MIN_IMAGE_SIZE, MIN_IMAGE_SIZE)
+    logits = {}
+    for q_device in ("default.qubit", "lightning.qubit"):
+        torch.manual_seed(0)
+        model = build_model("qmobilenet", 2, q_backend="pennylane", q_device=q_device).eval()
+        assert model.quantum.device_name == q_device
+        assert model.quantum.circuit.qnode.device.name == q_device
+        with torch.no_grad():
+            logits[q_device] = model(images)
+    torch.testing.assert_close(logits["lightning.qubit"], logits["default.qubit"],
+                               atol=ATOL, rtol=0)
 
 
 # The legacy (TorchScript) exporter: the dynamo exporter needs onnxscript, not a dependency.

@@ -157,6 +157,8 @@ def test_seeded_init_and_checkpoints_interchange_between_backends():
         ({"n_qubits": 4, "backend": "qiskit"}, None, r"unknown backend 'qiskit'; choose one"),
         ({"n_qubits": 0}, None, r"n_qubits must be at least 1; got 0"),
         ({"n_qubits": 2, "n_layers": 0}, None, r"n_layers must be at least 1; got 0"),
+        ({"n_qubits": 2, "backend": "pennylane", "device_name": "nope.qubit"}, None,
+         r"cannot use PennyLane device 'nope.qubit'.*lightning.qubit"),
     ],
 )
 def test_clear_errors(kwargs, features, message):

@@ -4,6 +4,8 @@ checks of the ROC band against scikit-learn."""
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 
@@ -131,6 +133,20 @@ def test_training_curves(tmp_path):
         for i, label in enumerate(RUNS)
     }
     assert_png(report.plot_training_curves(histories, tmp_path / "curves.png"))
+
+
+def test_figures_get_the_permissions_of_an_ordinary_file(tmp_path, runs):
+    """Contract: a figure is as readable as any file its user writes (the umask decides), not
+    private like a `tempfile.mkstemp` file (0600)."""
+    _, values = runs
+    umask = os.umask(0o022)
+    try:
+        path = report.plot_metric_heatmap(values, tmp_path / "heatmap.png")
+        ordinary = tmp_path / "ordinary.txt"
+        ordinary.write_text("x")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(ordinary.stat().st_mode) == 0o644
 
 
 def test_report_does_not_import_torch():

@@ -11,9 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import qclassify.train as train_module  # noqa: E402
+from qclassify.config import TrainConfig, run_is_complete  # noqa: E402
 from qclassify.data import read_split_csv  # noqa: E402
 from qclassify.inference import load_run  # noqa: E402
-from qclassify.train import HISTORY_COLUMNS, TrainConfig, fit, run_is_complete  # noqa: E402
+from qclassify.train import HISTORY_COLUMNS, fit  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TINY = dict(epochs=2, batch_size=4, image_size=32, weights="none", device="cpu")
@@ -51,23 +52,27 @@ def test_fit_writes_the_run_folder(image_folder, tmp_path):
     assert checkpoint["model"] == "mobilenet_v2"
     assert checkpoint["class_names"] == ["normal", "stenosis"]
     assert checkpoint["image_size"] == 32
+    assert checkpoint["q_backend"] == "torch" and checkpoint["q_device"] == "default.qubit"
     assert result.train_seconds == pytest.approx(sum(float(r["seconds"]) for r in history))
 
 
-def test_same_seed_same_model_and_history(image_folder, tmp_path):
+def test_same_seed_same_model_and_history(make_images, tmp_path):
     """Same-seed rederivation: two fits with one seed, one of them loading images in two worker
     processes, give identical weights, split and history (except seconds); another seed gives
-    other weights."""
+    other weights. Four training images in batches of two: each epoch's shuffle decides which
+    pairs the model sees, over two epochs."""
+    data = make_images(tmp_path / "data", counts={"normal": 4, "stenosis": 4})
     runs = []
     for name, seed, workers in (("a", 0, 0), ("b", 0, 2), ("c", 1, 0)):
-        config = TrainConfig(seed=seed, num_workers=workers, **TINY)
-        fit(image_folder, tmp_path / name, config, progress=False)
+        config = TrainConfig(seed=seed, num_workers=workers, **{**TINY, "batch_size": 2})
+        fit(data, tmp_path / name, config, progress=False)
         runs.append(tmp_path / name)
     first, same, other = (_state(run) for run in runs)
     for key, tensor in first.items():
         torch.testing.assert_close(same[key], tensor, atol=0, rtol=0)
     assert any(not torch.equal(other[k], first[k]) for k in first if first[k].is_floating_point())
     strip = [{k: v for k, v in row.items() if k != "seconds"} for row in _history(runs[0])]
+    assert len(strip) == 2
     assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in _history(runs[1])]
     assert (runs[0] / "split.csv").read_bytes() == (runs[1] / "split.csv").read_bytes()
 
@@ -128,6 +133,15 @@ def test_run_reuse_and_overwrite(image_folder, tmp_path):
     assert run_is_complete(run, config, data_dir=image_folder)
     assert not run_is_complete(run, config, data_dir=tmp_path)
     assert not run_is_complete(run, TrainConfig(**{**TINY, "epochs": 2}))
+    assert not run_is_complete(run, TrainConfig(**{**TINY, "epochs": 1,
+                                                   "q_device": "lightning.qubit"}))
+    # A config.json written before --q-device existed holds no q_device: it was the default.
+    stored = json.loads((run / "config.json").read_text())
+    del stored["options"]["q_device"]
+    (run / "config.json").write_text(json.dumps(stored))
+    assert run_is_complete(run, config)
+    assert not run_is_complete(run, TrainConfig(**{**TINY, "epochs": 1,
+                                                   "q_device": "lightning.qubit"}))
     with pytest.raises(ValueError, match="already holds a finished run"):
         fit(image_folder, run, config, progress=False)
     fit(image_folder, run, config, progress=False, overwrite=True)

@@ -1,8 +1,15 @@
-"""diffaug: forward-diffusion oversampling of minority image classes (paper section 2.2)."""
+"""diffaug: forward-diffusion oversampling of minority image classes (paper section 2.2).
+
+FID/KID (`compute_fid`) need the `fid` extra only when they run: importing diffaug never
+imports torch.
+"""
 
 from diffaug.augment import DiffusionAugmentor, plan_synthesis
 from diffaug.balance import BalanceReport, balance_folder
+from diffaug.fid import FidReport, compute_fid, fid_of_balanced_classes, save_fid_stats
+from diffaug.kid import KernelDistance
 from diffaug.schedule import NoiseSchedule, forward_diffuse
 
-__all__ = ["BalanceReport", "DiffusionAugmentor", "NoiseSchedule", "balance_folder",
-           "forward_diffuse", "plan_synthesis"]
+__all__ = ["BalanceReport", "DiffusionAugmentor", "FidReport", "KernelDistance", "NoiseSchedule",
+           "balance_folder", "compute_fid", "fid_of_balanced_classes", "forward_diffuse",
+           "plan_synthesis", "save_fid_stats"]

@@ -18,13 +18,12 @@ from numpy.typing import ArrayLike, NDArray
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from diffaug.modes import ALPHA_MODES, bit_depth
 from diffaug.schedule import NoiseSchedule, forward_diffuse
 
 __all__ = ["DiffusionAugmentor", "DiffusionDraw", "SyntheticSample", "as_ratio",
            "plan_samples", "plan_synthesis"]
 
-#: Bit depth of each PIL mode the augmenter accepts; alpha-carrying modes keep alpha unchanged.
-BIT_DEPTH_BY_MODE = {"L": 8, "LA": 8, "RGB": 8, "RGBA": 8, "I;16": 16}
 _MAX_BY_DTYPE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 
 ImageT = TypeVar("ImageT", Image.Image, np.ndarray)
@@ -49,12 +48,9 @@ class _Pixels(NamedTuple):
 
 def _unpack(image: Image.Image | np.ndarray) -> _Pixels:
     if isinstance(image, Image.Image):
-        if image.mode not in BIT_DEPTH_BY_MODE:
-            raise ValueError(f"unsupported image mode {image.mode!r}; convert it to one of "
-                             f"{', '.join(BIT_DEPTH_BY_MODE)} (16-bit grayscale) first.")
+        max_value = 2 ** bit_depth(image) - 1
         values = np.asarray(image)
-        max_value = 2 ** BIT_DEPTH_BY_MODE[image.mode] - 1
-        if image.mode in ("LA", "RGBA"):
+        if image.mode in ALPHA_MODES:
             color = values[..., 0] if image.mode == "LA" else values[..., :-1]
             return _Pixels(color, values[..., -1], max_value, image.mode)
         return _Pixels(values, None, max_value, image.mode)
@@ -79,7 +75,8 @@ def _repack(pixels: _Pixels, intensities: np.ndarray, like: ImageT) -> ImageT:
         return color
     if pixels.alpha is not None:
         color = np.dstack([color, pixels.alpha])
-    return Image.fromarray(color)
+    # frombytes, not fromarray: it keeps every mode (I;16B, I;16L, I) as it came in.
+    return Image.frombytes(pixels.mode, like.size, color.tobytes())
 
 
 def _to_unit_range(pixels: _Pixels) -> NDArray[np.float64]:
@@ -95,9 +92,9 @@ class DiffusionAugmentor:
     ``blur_sigma`` pixels, spatial axes only) acts on x_t, then intensities in [0, 1] are
     multiplied by gamma ~ U(brightness) and clipped. t ~ U{0, …, T-1} and eps ~ N(0, I).
 
-    Calling it on a PIL image (modes L, LA, RGB, RGBA, I;16) or a numpy array (uint8, uint16
-    or float intensities in [0, 1]; (H, W) or (H, W, C)) returns the same type, mode, dtype and
-    shape. The augmenter owns a numpy Generator seeded by ``seed``.
+    Calling it on a PIL image (an 8- or 16-bit mode of :mod:`diffaug.modes`) or a numpy array
+    (uint8, uint16 or float intensities in [0, 1]; (H, W) or (H, W, C)) returns the same type,
+    mode, dtype and shape. The augmenter owns a numpy Generator seeded by ``seed``.
     """
 
     def __init__(self, *, schedule: NoiseSchedule | None = None, blur_sigma: float = 0.5,

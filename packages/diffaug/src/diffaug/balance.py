@@ -1,11 +1,11 @@
-"""Balancing an image folder: layout discovery, the synthesis plan, parallel writing, manifest.
+"""Balancing an image folder: the synthesis plan, parallel writing, run record and manifest.
 
-Layouts: class folders (``IN/<class>/*``) or split folders (``IN/train/<class>/*``, ``IN/val``,
-``IN/test``; only ``train`` is balanced, the others are copied). OUT mirrors IN with
-byte-identical originals; synthetic images ``syn_<source-stem>_<k>.png`` sit beside them. Each
-synthetic image has its own seed (see :func:`diffaug.augment.plan_samples`), so the output does
-not depend on the number of workers. ``diffaug-run.json`` is written first and the manifest
-last: a finished OUT is recognised and left alone when the same command runs again.
+IN is read by :func:`diffaug.layout.read_input_folder` (layouts, what is copied, skipped or
+not used as a synthesis source). OUT mirrors IN with byte-identical originals; synthetic images
+``syn_<source-stem>_<k>.png`` sit beside them. Each synthetic image has its own seed (see
+:func:`diffaug.augment.plan_samples`), so the output, run record included, does not depend on
+the number of workers. ``diffaug-run.json`` is written first and the manifest last: a finished
+OUT is recognised and left alone when the same command runs again.
 """
 
 from __future__ import annotations
@@ -22,46 +22,25 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from diffaug.augment import (
-    BIT_DEPTH_BY_MODE,
-    DiffusionAugmentor,
-    as_ratio,
-    plan_samples,
-    plan_synthesis,
-)
+from diffaug.augment import DiffusionAugmentor, as_ratio, plan_samples, plan_synthesis
 from diffaug.io import (
     MANIFEST_NAME,
+    RUN_RECORD_NAME,
     ManifestRow,
-    UnreadableImageError,
     atomic_copy,
     atomic_write_bytes,
     encode_png,
-    has_image_extension,
     read_image,
     sha256_hex,
     write_manifest,
 )
+from diffaug.layout import BalanceInputError, InputFolder, SkippedFile, read_input_folder
 from diffaug.schedule import NoiseSchedule
 
 __all__ = ["RUN_RECORD_NAME", "BalanceInputError", "BalanceReport", "SkippedFile",
            "balance_folder"]
 
-RUN_RECORD_NAME = "diffaug-run.json"
-SPLITS = ("train", "val", "test")
-BALANCED_SPLIT = "train"
 _IDENTITY_KEYS = ("command", "input", "options", "plan")  # what makes two runs "the same"
-
-
-class BalanceInputError(ValueError):
-    """The input folder, output folder or options cannot be balanced as given."""
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """An input file left out, and why."""
-
-    path: Path
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -69,7 +48,9 @@ class BalanceReport:
     """What :func:`balance_folder` found and did.
 
     Counts are ``{split: {class: n}}`` with split ``""`` for the class-folder layout;
-    ``synthesis`` is M per class (eq. 3) for the balanced split.
+    ``synthesis`` is M per class (eq. 3) for the balanced split. ``n_copied`` counts the files
+    copied from IN (images and top-level dataset files); ``skipped`` are files not copied,
+    ``excluded_sources`` copied images of the balanced split never drawn as synthesis sources.
     """
 
     in_dir: Path
@@ -82,6 +63,7 @@ class BalanceReport:
     n_copied: int
     n_synthetic: int
     skipped: tuple[SkippedFile, ...]
+    excluded_sources: tuple[SkippedFile, ...]
     manifest: Path | None
     dry_run: bool
     already_done: bool
@@ -99,14 +81,6 @@ class _Job:
     source: Path
     target: Path
     seed: int
-
-
-@dataclass(frozen=True)
-class _Inputs:
-    layout: str
-    balanced_split: str
-    images: dict[str, dict[str, list[Path]]]  # split -> class -> files relative to IN, sorted
-    skipped: list[SkippedFile]
 
 
 def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | str | Decimal,
@@ -130,11 +104,11 @@ def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | st
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     _check_folders(in_dir, out_dir)
     with _process_map(workers) as parallel_map:
-        inputs = _discover(in_dir, parallel_map)
+        inputs = read_input_folder(in_dir, parallel_map)
         counts = {split: {name: len(files) for name, files in classes.items()}
                   for split, classes in inputs.images.items()}
         synthesis = plan_synthesis(counts[inputs.balanced_split], ratio=ratio)
-        record = _run_record(in_dir, inputs, counts, synthesis, ratio, settings, seed, workers)
+        record = _run_record(in_dir, inputs, counts, synthesis, ratio, settings, seed)
         already_done = _check_out_dir(out_dir, record)
         rows, jobs = _plan_rows(in_dir, out_dir, inputs, synthesis, seed)
         n_copied = n_synthetic = 0
@@ -150,7 +124,8 @@ def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | st
         in_dir=in_dir, out_dir=out_dir, layout=inputs.layout,
         balanced_split=inputs.balanced_split, counts_before=counts, counts_after=after,
         synthesis=synthesis, n_copied=n_copied, n_synthetic=n_synthetic,
-        skipped=tuple(inputs.skipped), manifest=None if dry_run else out_dir / MANIFEST_NAME,
+        skipped=tuple(inputs.skipped), excluded_sources=tuple(inputs.excluded_sources),
+        manifest=None if dry_run else out_dir / MANIFEST_NAME,
         dry_run=dry_run, already_done=already_done)
 
 
@@ -177,13 +152,13 @@ def _process_map(workers: int) -> Iterator[Callable[..., Iterable[Any]]]:
         pool.shutdown(cancel_futures=True)
 
 
-def _write_output(in_dir: Path, out_dir: Path, inputs: _Inputs, record: dict[str, Any],
+def _write_output(in_dir: Path, out_dir: Path, inputs: InputFolder, record: dict[str, Any],
                   rows: list[ManifestRow], synthesize: Callable[[_Job], tuple[int, float, str]],
                   jobs: list[_Job], parallel_map: Callable[..., Iterable[Any]],
                   progress: Callable[[int, int], None]) -> tuple[int, int]:
     """Run record first, then originals, synthetic images and the manifest (last)."""
-    originals = [path for classes in inputs.images.values() for files in classes.values()
-                 for path in files]
+    originals = inputs.dataset_files + [path for classes in inputs.images.values()
+                                        for files in classes.values() for path in files]
     total = len(originals) + len(jobs)
     progress(0, total)
     for split, classes in inputs.images.items():
@@ -212,79 +187,21 @@ def _check_folders(in_dir: Path, out_dir: Path) -> None:
         raise BalanceInputError(f"output folder {out_dir} exists and is not a folder.")
 
 
-def _discover(in_dir: Path, parallel_map: Callable[..., Iterable[Any]]) -> _Inputs:
-    """Find the layout and every usable image; files that cannot be used are skipped."""
-    layout, balanced_split, roots, skipped = _find_layout(in_dir)
-    images: dict[str, dict[str, list[Path]]] = {split: {} for split in roots}
-    candidates: list[tuple[str, str, Path]] = []  # split, class, file with an image extension
-    for split, root in roots.items():
-        for folder in sorted(root.iterdir()):
-            if not folder.is_dir():
-                skipped.append(SkippedFile(folder, "not inside a class folder"))
-                continue
-            images[split][folder.name] = []
-            for path in sorted(folder.iterdir()):
-                if path.is_dir():
-                    skipped.append(SkippedFile(path, "sub-folder of a class folder (not searched)"))
-                elif not has_image_extension(path):
-                    skipped.append(SkippedFile(path, "not an image file (by its extension)"))
-                else:
-                    candidates.append((split, folder.name, path))
-    reasons = parallel_map(_unusable_reason, [path for _, _, path in candidates],
-                           [split == balanced_split for split, _, _ in candidates])
-    for (split, name, path), reason in zip(candidates, reasons, strict=True):
-        if reason:
-            skipped.append(SkippedFile(path, reason))
-        else:
-            images[split][name].append(path.relative_to(in_dir))
-
-    where = in_dir / balanced_split
-    classes = images[balanced_split]
-    if len(classes) < 2:
-        raise BalanceInputError(f"{where} needs at least 2 class folders to balance; found "
-                                f"{len(classes)} ({', '.join(classes) or 'none'}).")
-    for name, files in classes.items():
-        if not files:
-            raise BalanceInputError(f"class folder {where / name} holds no readable images.")
-    return _Inputs(layout, balanced_split, images, sorted(skipped, key=lambda s: s.path))
-
-
-def _find_layout(in_dir: Path) -> tuple[str, str, dict[str, Path], list[SkippedFile]]:
-    """Layout name, balanced split, split roots and skipped top-level entries."""
-    entries = sorted(in_dir.iterdir())
-    split_names = [e.name for e in entries if e.is_dir() and e.name in SPLITS]
-    if not split_names:
-        return "classes", "", {"": in_dir}, []
-    if BALANCED_SPLIT not in split_names:
-        raise BalanceInputError(f"{in_dir} has {'/, '.join(split_names)}/ but no "
-                                f"{BALANCED_SPLIT}/ folder to balance.")
-    skipped = [SkippedFile(e, f"not a {'/'.join(SPLITS)} folder") for e in entries
-               if e.name not in split_names]
-    roots = {name: in_dir / name for name in SPLITS if name in split_names}
-    return "splits", BALANCED_SPLIT, roots, skipped
-
-
-def _unusable_reason(path: Path, need_augmentable: bool) -> str | None:
-    """Why ``path`` cannot be used (decoded in full, so truncated files are caught), or None."""
-    try:
-        mode = read_image(path).mode
-    except UnreadableImageError as err:
-        return str(err)
-    if need_augmentable and mode not in BIT_DEPTH_BY_MODE:
-        return (f"unsupported image mode {mode!r} (convert to "
-                f"{', '.join(BIT_DEPTH_BY_MODE)} to augment it)")
-    return None
-
-
-def _plan_rows(in_dir: Path, out_dir: Path, inputs: _Inputs, synthesis: dict[str, int],
+def _plan_rows(in_dir: Path, out_dir: Path, inputs: InputFolder, synthesis: dict[str, int],
                seed: int) -> tuple[list[ManifestRow], list[_Job]]:
     """Manifest rows (t, gamma, sha256 still to fill) and jobs, in a fixed order."""
     rows, jobs = [], []
     split = inputs.balanced_split
     for class_index, (name, files) in enumerate(sorted(inputs.images[split].items())):
+        sources = inputs.sources[name]
+        if synthesis[name] and not sources:
+            raise BalanceInputError(
+                f"class folder {in_dir / split / name} needs {synthesis[name]} synthetic images "
+                f"but none of its {len(files)} images can be augmented (see the warnings); "
+                "convert them to 8- or 16-bit grayscale or RGB.")
         names_taken = {path.name for path in files}
-        for sample in plan_samples(seed, class_index, len(files), synthesis[name]):
-            source = files[sample.source_index]
+        for sample in plan_samples(seed, class_index, len(sources), synthesis[name]):
+            source = sources[sample.source_index]
             target = source.with_name(f"syn_{source.stem}_{sample.k}.png")
             if target.name in names_taken:
                 raise BalanceInputError(f"{in_dir / target} would be overwritten by a synthetic "
@@ -305,10 +222,12 @@ def _synthesize(settings: dict[str, Any], job: _Job) -> tuple[int, float, str]:
     return draw.t, draw.gamma, sha256_hex(data)
 
 
-def _run_record(in_dir: Path, inputs: _Inputs, counts: dict[str, dict[str, int]],
-                synthesis: dict[str, int], ratio: Decimal, settings: dict[str, Any], seed: int,
-                workers: int) -> dict[str, Any]:
-    """Everything this run did and with what; JSON-normalised so it compares with a re-read."""
+def _run_record(in_dir: Path, inputs: InputFolder, counts: dict[str, dict[str, int]],
+                synthesis: dict[str, int], ratio: Decimal,
+                settings: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Everything this run did and with what; JSON-normalised so it compares with a re-read.
+
+    The number of workers is left out: it does not change OUT, the record included."""
     record = {
         "command": "balance",
         "input": str(in_dir.resolve()),
@@ -316,7 +235,6 @@ def _run_record(in_dir: Path, inputs: _Inputs, counts: dict[str, dict[str, int]]
                     "blur_sigma": settings["blur_sigma"], "brightness": settings["brightness"],
                     "seed": seed},
         "plan": {"layout": inputs.layout, "counts_before": counts, "synthesis": synthesis},
-        "workers": workers,
         "versions": {name: version(name) for name in ("diffaug", "numpy", "scipy", "pillow")}
         | {"python": platform.python_version()},
     }

@@ -90,8 +90,9 @@ def balance(in_dir: Path, out_dir: Path, ratio: Decimal, timesteps: int, beta_st
     """Oversample the minority classes of IN into OUT with forward diffusion.
 
     IN holds class folders (IN/<class>/*) or split folders (IN/train/<class>/*, IN/val/...,
-    IN/test/...; only train is balanced). OUT receives byte-identical copies of the originals,
-    the synthetic images (syn_<stem>_<k>.png), diffaug-manifest.csv and diffaug-run.json.
+    IN/test/...; only train is balanced). OUT receives byte-identical copies of the originals
+    and of IN's other top-level files, the synthetic images (syn_<stem>_<k>.png),
+    diffaug-manifest.csv and diffaug-run.json. Names starting with a dot are ignored.
     """
     started = time.perf_counter()
     if with_fid:
@@ -110,6 +111,9 @@ def balance(in_dir: Path, out_dir: Path, ratio: Decimal, timesteps: int, beta_st
         raise click.ClickException(str(err)) from None
     for skipped in report.skipped:
         click.echo(f"Warning: skipped {skipped.path}: {skipped.reason}", err=True)
+    for excluded in report.excluded_sources:
+        click.echo(f"Warning: copied {excluded.path} but not used to synthesise: "
+                   f"{excluded.reason}", err=True)
     click.echo(_format_plan(report))
     click.echo(_format_summary(report, time.perf_counter() - started))
     if with_fid and not report.dry_run:
@@ -183,7 +187,8 @@ def _format_fid(report: FidReport) -> str:
               help="Write the statistics of REAL to OTHER (.npz) instead, like pytorch-fid.")
 @click.option("--recursive", is_flag=True, help="Also read images in subfolders.")
 @click.option("--kid", is_flag=True,
-              help="Also report KID (unbiased, mean ± std over 100 subsets of up to 1000).")
+              help="Also report KID (unbiased, mean ± std over 100 random subsets of 1000 "
+                   "images, or of half the smaller set when it has fewer).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def fid(real: Path, other: Path, batch_size: int, device: str, dims: str,
         num_workers: int | None, save_stats: bool, recursive: bool, kid: bool,

@@ -19,12 +19,18 @@ import pickle
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
 from diffaug.io import read_image
+from diffaug.modes import SIXTEEN_BIT_MAX, SIXTEEN_BIT_MODES, bit_depth
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 __all__ = [
     "FID_EXTRA_HINT",
@@ -42,10 +48,7 @@ __all__ = [
 
 FID_EXTRA_HINT = "diffaug fid needs the fid extra: pip install 'diffaug[fid]'"
 INCEPTION_SIZE = 299
-# PIL modes of single-channel images deeper than 8 bits, with the value that means full white.
-# PIL's convert("RGB") clips these at 255, which is what pytorch-fid feeds its network.
-SIXTEEN_BIT_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
-FLOAT_MODE_MAX = 1.0
+FLOAT_MODE = "F"  # 32-bit float intensities, read as [0, 1]
 
 
 class FidExtraMissingError(ImportError):
@@ -67,15 +70,25 @@ def require_fid_extra() -> None:
 
 
 def resolve_device(device: str) -> str:
-    """`"auto"` means CUDA when available, else CPU; anything else is passed to torch as is."""
+    """`"auto"` means CUDA when available, else CPU; anything else must be a torch device this
+    machine has (a `ValueError` says which is missing, before any network is built)."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return str(torch.device(device))
+        resolved = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"--device {device!r} is not a torch device (try cpu, cuda, cuda:0)") from err
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine; "
+                             "use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"--device {device}: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    return str(resolved)
 
 
 def inception_weights_path() -> Path:
@@ -127,12 +140,13 @@ def list_images(folder: str | os.PathLike, *, recursive: bool = False) -> list[P
     return files
 
 
-def load_inception_input(path: str | os.PathLike):
+def load_inception_input(path: str | os.PathLike) -> torch.Tensor:
     """One image as a float32 tensor (3, 299, 299) in [0, 1], ready for `InceptionV3`.
 
     8-bit images are scaled exactly like pytorch-fid (PIL `convert("RGB")`, `ToTensor`);
-    16-bit and float images by their full range. The resize is pytorch-fid's batch resize
-    applied to this image alone.
+    16-bit images (the modes of `diffaug.modes`, mode I included when its values fit) and float
+    images by their full range, where PIL's `convert("RGB")` would clip them at 255. The resize
+    is pytorch-fid's batch resize applied to this image alone.
     """
     import torch.nn.functional as F
 
@@ -146,20 +160,21 @@ def load_inception_input(path: str | os.PathLike):
     return resized[0]
 
 
-def _to_unit_rgb(image: Image.Image):
+def _to_unit_rgb(image: Image.Image) -> torch.Tensor:
     import torch
     import torchvision.transforms.functional as TF
 
-    if image.mode in SIXTEEN_BIT_MODES or image.mode == "F":
-        values = np.asarray(image, dtype=np.float32)
-        full_scale = SIXTEEN_BIT_MODES.get(image.mode, FLOAT_MODE_MAX)
-        if values.min() < 0 or values.max() > full_scale:
-            raise ValueError(
-                f"mode {image.mode} values outside [0, {full_scale:g}] (range "
-                f"{values.min():g}..{values.max():g}); save it as 8- or 16-bit"
-            )
-        return torch.from_numpy(values / np.float32(full_scale)).expand(3, -1, -1)
-    return TF.to_tensor(image.convert("RGB"))
+    if image.mode in SIXTEEN_BIT_MODES:
+        bit_depth(image)  # mode I: its values must fit 16 bits
+        unit = np.asarray(image, dtype=np.float32) / np.float32(SIXTEEN_BIT_MAX)
+    elif image.mode == FLOAT_MODE:
+        unit = np.array(image, dtype=np.float32)  # a writable copy, as torch wants
+        if unit.min() < 0 or unit.max() > 1:
+            raise ValueError(f"mode F values outside [0, 1] (range {unit.min():g}.."
+                             f"{unit.max():g}); save it as 8- or 16-bit")
+    else:
+        return TF.to_tensor(image.convert("RGB"))
+    return torch.from_numpy(unit).expand(3, -1, -1)
 
 
 class InceptionFeatures:
@@ -204,7 +219,7 @@ class InceptionFeatures:
 
     def __call__(
         self, files: Sequence[str | os.PathLike], *, on_batch: Callable[[int], None] | None = None
-    ):
+    ) -> NDArray[np.float64]:
         """Features of `files` in order; `on_batch(n)` is called after each batch of n images."""
         import torch
 
@@ -222,7 +237,7 @@ class InceptionFeatures:
                     on_batch(len(batch))
         return features
 
-    def _batches(self, files: Sequence[str | os.PathLike]) -> Iterator:
+    def _batches(self, files: Sequence[str | os.PathLike]) -> Iterator[torch.Tensor]:
         import torch
 
         # Equal batches of at most batch_size (156 images: 4 x 39, not 50, 50, 50, 6): a small
@@ -231,7 +246,7 @@ class InceptionFeatures:
         chunks = [files[i : i + size] for i in range(0, len(files), size)]
         with ThreadPoolExecutor(max_workers=max(1, self.num_workers)) as pool:
 
-            def submit(chunk) -> list[Future]:
+            def submit(chunk: Sequence[str | os.PathLike]) -> list[Future[torch.Tensor]]:
                 return [pool.submit(load_inception_input, path) for path in chunk]
 
             ahead = submit(chunks[0]) if chunks else []
@@ -241,7 +256,7 @@ class InceptionFeatures:
                 yield torch.stack([future.result() for future in current])
 
 
-def _fold_batch_norms(network) -> None:
+def _fold_batch_norms(network: torch.nn.Module) -> None:
     """Fold every eval-mode BatchNorm into the convolution before it (torch's own
     `fuse_conv_bn_eval`): the same affine map, one pass over the activations less."""
     import torch

@@ -10,18 +10,24 @@ import csv
 import hashlib
 import io
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
+import numpy as np
 from PIL import Image
+
+from diffaug.modes import SIXTEEN_BIT_MODES, bit_depth
 
 #: File extensions read as images (compared case-insensitively).
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 MANIFEST_NAME = "diffaug-manifest.csv"
+RUN_RECORD_NAME = "diffaug-run.json"
 MANIFEST_COLUMNS = ("path", "source", "class", "split", "t", "gamma", "seed", "sha256")
+_PNG_SIXTEEN_BIT_MODE = "I;16"
 
 # What Pillow raises for a file it cannot decode (truncated, corrupt, not an image, too big).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -60,7 +66,15 @@ def read_image(path: Path) -> Image.Image:
 
 
 def encode_png(image: Image.Image) -> bytes:
-    """PNG bytes of ``image`` (16-bit grayscale stays 16-bit); the same image gives the same bytes."""
+    """PNG bytes of ``image`` (16-bit grayscale stays 16-bit); the same image gives the same bytes.
+
+    The other 16-bit modes (I, I;16B, I;16L, I;16N: PNG stores only some of them as they are)
+    are written as I;16, the mode Pillow reads 16-bit PNGs back as; mode I must fit 16 bits
+    (:func:`diffaug.modes.bit_depth`).
+    """
+    if image.mode in SIXTEEN_BIT_MODES and image.mode != _PNG_SIXTEEN_BIT_MODE:
+        bit_depth(image)
+        image = Image.fromarray(np.asarray(image).astype(np.uint16))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -80,34 +94,38 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _temporary_beside(path: Path):
-    return tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                       delete=False)
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through: a temporary file in the same folder, renamed to
+    ``path`` when the block ends and deleted if it raises.
+
+    The temporary file is created like ``open(path, "xb")`` (mode 0o666 less the umask), not
+    with ``tempfile``'s private 0o600, so the renamed file gets the permissions any new file
+    would get.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        with open(temporary, "xb") as handle:
+            yield handle
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    with _temporary_beside(path) as handle:
-        try:
-            handle.write(data)
-            handle.close()
-            os.replace(handle.name, path)
-        except BaseException:
-            os.unlink(handle.name)
-            raise
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
+    with atomic_write(path) as handle:
+        handle.write(data)
 
 
-def atomic_copy(source: Path, target: Path) -> None:
-    """Copy ``source`` byte for byte to ``target`` through a temporary file and a rename."""
-    with _temporary_beside(target) as handle:
-        try:
-            with open(source, "rb") as original:
-                shutil.copyfileobj(original, handle)
-            handle.close()
-            os.replace(handle.name, target)
-        except BaseException:
-            os.unlink(handle.name)
-            raise
+def atomic_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy ``source`` byte for byte to ``target`` atomically, with the source's permission bits
+    (``shutil.copymode``, as ``shutil.copy`` does)."""
+    with open(source, "rb") as original, atomic_write(target) as handle:
+        shutil.copyfileobj(original, handle)
+        shutil.copymode(source, handle.name)
 
 
 def write_manifest(path: Path, rows: Iterable[ManifestRow]) -> None:

@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 
 __all__ = ["deterministic_algorithms", "make_loader", "predict_logits"]
 
+_CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
+
 
 def make_loader(
     dataset: Dataset,
@@ -87,13 +89,22 @@ def _seed_worker(worker_id: int) -> None:
 
 @contextlib.contextmanager
 def deterministic_algorithms() -> Iterator[None]:
-    """Deterministic kernels while training (warnings, not errors, where none exists)."""
+    """Deterministic kernels while training (warnings, not errors, where none exists).
+
+    Torch's flags and the ``CUBLAS_WORKSPACE_CONFIG`` environment variable are restored on
+    exit, so the caller's process is left as it was.
+    """
     previous = (torch.are_deterministic_algorithms_enabled(),
                 torch.is_deterministic_algorithms_warn_only_enabled())
+    previous_workspace = os.environ.get(_CUBLAS_WORKSPACE)
     # cuBLAS needs this before its first use to be deterministic (PyTorch reproducibility notes).
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    os.environ.setdefault(_CUBLAS_WORKSPACE, ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        if previous_workspace is None:
+            os.environ.pop(_CUBLAS_WORKSPACE, None)
+        else:
+            os.environ[_CUBLAS_WORKSPACE] = previous_workspace

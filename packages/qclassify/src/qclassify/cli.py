@@ -2,7 +2,7 @@
 `inference.predict_paths`.
 
 Shared options are decorators (`seed_option`, `device_option`, `training_options`, ...) so
-other commands reuse them; `train_config` turns their values into a `TrainConfig`.
+other commands reuse them; the values of `training_options` are the fields of `TrainConfig`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -20,27 +21,27 @@ import click
 
 from qclassify import train
 from qclassify.compare import compare as compare_runs
+from qclassify.config import TrainConfig
 from qclassify.inference import evaluate_run, predict_paths
 from qclassify.metrics import METRIC_NAMES
-from qclassify.models import MODEL_NAMES
+from qclassify.models import MODEL_NAMES, resolve_device
 from qclassify.quantum import BACKENDS
 from qclassify.runfolder import METRICS_FILE, MODEL_FILE
-from qclassify.train import EpochRecord, TrainConfig
+from qclassify.train import EpochRecord
 
 __all__ = [
+    "DeviceType",
     "bootstrap_option",
     "device_option",
     "main",
     "positive_option",
     "quiet_option",
     "seed_option",
-    "train_config",
     "training_options",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DEFAULTS = TrainConfig()
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
@@ -52,13 +53,31 @@ def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
+class DeviceType(click.ParamType):
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked against the GPUs of this machine."""
+
+    name = "auto|cpu|cuda|cuda:N"
+    _FORM = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        value = str(value)
+        if not self._FORM.fullmatch(value):
+            self.fail(f"{value!r} is not auto, cpu, cuda or cuda:N", param, ctx)
+        try:
+            resolve_device(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+        return value
+
+
 seed_option = click.option(
-    "--seed", type=int, default=_DEFAULTS.seed, show_default=True,
+    "--seed", type=click.IntRange(min=0), default=_DEFAULTS.seed, show_default=True,
     help="Seed of every random choice (split, initialisation, batch order, bootstrap).",
 )
 device_option = click.option(
-    "--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-    help="auto = cuda when available, else cpu.",
+    "--device", type=DeviceType(), default="auto", show_default=True,
+    help="auto = cuda when available, else cpu; cuda:N picks one GPU.",
 )
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
 bootstrap_option = click.option(
@@ -77,6 +96,8 @@ def _check_weights(ctx: click.Context, param: click.Parameter, value: str) -> st
     raise click.BadParameter(f"{value!r} is not 'imagenet', 'none' or an existing file")
 
 
+_OPEN_UNIT_INTERVAL = click.FloatRange(0, 1, min_open=True, max_open=True)
+
 training_options = _compose(
     click.option("--qubits", type=click.IntRange(min=1), default=_DEFAULTS.qubits,
                  show_default=True, help="Qubits n of the quantum layer (reduction to 2^n)."),
@@ -84,6 +105,9 @@ training_options = _compose(
                  show_default=True, help="RY + CNOT layers of the quantum circuit."),
     click.option("--q-backend", type=click.Choice(BACKENDS), default=_DEFAULTS.q_backend,
                  show_default=True, help="Circuit simulation: exact PyTorch or PennyLane."),
+    click.option("--q-device", default=_DEFAULTS.q_device, show_default=True,
+                 help="PennyLane device of --q-backend pennylane, e.g. lightning.qubit "
+                      "(pip install pennylane-lightning); ignored by the torch backend."),
     click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS.epochs,
                  show_default=True),
     click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size,
@@ -101,21 +125,17 @@ training_options = _compose(
     click.option("--weights", default=_DEFAULTS.weights, show_default=True,
                  callback=_check_weights,
                  help="imagenet (torchvision, downloaded once), none (from scratch), or the "
-                      "PATH of a state dict of the whole model."),
+                      "PATH of a state dict of the WHOLE model (same --model and classes, "
+                      "e.g. an earlier run's model.pt); a backbone-only state dict is refused."),
     seed_option,
     device_option,
     click.option("--num-workers", type=click.IntRange(min=0), default=_DEFAULTS.num_workers,
                  show_default=True, help="DataLoader worker processes."),
-    click.option("--val-fraction", type=float, default=_DEFAULTS.val_fraction,
+    click.option("--val-fraction", type=_OPEN_UNIT_INTERVAL, default=_DEFAULTS.val_fraction,
                  show_default=True, help="Validation share of a class-folder dataset."),
-    click.option("--test-fraction", type=float, default=_DEFAULTS.test_fraction,
+    click.option("--test-fraction", type=_OPEN_UNIT_INTERVAL, default=_DEFAULTS.test_fraction,
                  show_default=True, help="Test share of a class-folder dataset."),
 )
-
-
-def train_config(**options: Any) -> TrainConfig:
-    """A `TrainConfig` from the values of `training_options` (plus ``model``)."""
-    return TrainConfig(**options)
 
 
 @contextlib.contextmanager
@@ -156,9 +176,8 @@ def main(ctx: click.Context) -> None:
 @quiet_option
 def fit(data: Path, out: Path | None, overwrite: bool, quiet: bool, **options: Any) -> None:
     """Train a model on DATA (DATA/<class>/* or DATA/train|val|test/<class>/*)."""
-    config = train_config(**options)
+    config = TrainConfig(**options)
     run_dir = out or Path("runs") / f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
-    click.echo(f"run folder: {run_dir}")
 
     def log_epoch(record: EpochRecord) -> None:
         click.echo(record.summary(config.epochs))
@@ -167,6 +186,8 @@ def fit(data: Path, out: Path | None, overwrite: bool, quiet: bool, **options: A
         result = train.fit(data, run_dir, config, progress=not quiet, overwrite=overwrite,
                            on_epoch=log_epoch)
     stop = "early stop" if result.stopped_early else "all epochs"
+    # Named only now: a run refused by validation never creates its folder.
+    click.echo(f"run folder: {run_dir}")
     click.echo(
         f"best epoch {result.best_epoch} of {len(result.history)} ({stop}); "
         f"{result.train_seconds:.1f}s; saved {run_dir / MODEL_FILE}"
@@ -203,10 +224,17 @@ def evaluate(run: Path, data: Path | None, n_bootstrap: int, positive: str | Non
                 type=click.Path(exists=True, path_type=Path))
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @device_option
-def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str) -> None:
-    """Print CSV path,predicted_class,p_<class>... for images and folders of images."""
+@quiet_option
+def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str,
+            quiet: bool) -> None:
+    """Print CSV path,predicted_class,p_<class>... for images and folders of images.
+
+    Folders are searched recursively (dot-entries skipped). The CSV goes to stdout, progress
+    bars and warnings to stderr.
+    """
     with _one_line_errors():
-        rows = predict_paths(run, paths, batch_size=batch_size, device=device)
+        rows = predict_paths(run, paths, batch_size=batch_size, device=device,
+                             progress=not quiet)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -237,7 +265,7 @@ def compare(data: Path, augmented: Path | None, models: tuple[str, ...], out: Pa
     selected = [name for entry in models for name in entry.split(",") if name.strip()]
     with _one_line_errors():
         result = compare_runs(data, augmented, out, models=selected or None,
-                              train_config=train_config(**options), n_bootstrap=n_bootstrap,
+                              train_config=TrainConfig(**options), n_bootstrap=n_bootstrap,
                               positive=positive, progress=not quiet)
     click.echo(f"{'run':<24}{'accuracy':>10}{'f1':>8}{'auc':>8}{'DeLong p':>10}{'McNemar p':>11}")
     for row in result.rows:

@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from qclassify.config import TrainConfig, run_is_complete
 from qclassify.data import discover_dataset
 from qclassify.inference import evaluate_run
 from qclassify.models import MODEL_NAMES
 from qclassify.results import RunOutcome, write_report
 from qclassify.runfolder import METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE, read_json
-from qclassify.train import TrainConfig, fit, run_is_complete
+from qclassify.train import fit
 
 __all__ = ["DATA_SETTINGS", "DEFAULT_RUNS", "CompareResult", "RunSpec", "compare", "select_runs"]
 

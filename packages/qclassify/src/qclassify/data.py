@@ -7,6 +7,10 @@ Two layouts (DESIGN.md "Splits"):
   (scikit-learn ``train_test_split``), ordered by relative path first, so a folder and its
   diffaug-balanced copy (same originals at the same paths) get the same split.
 
+In both, a class folder's images are the files directly inside it (diffaug's rule, so both
+tools see the same files): sub-folders are not searched (a warning names them) and
+dot-entries (``.DS_Store``, ``.ipynb_checkpoints/``) are ignored.
+
 A ``diffaug-manifest.csv`` in DATA lists synthetic images and their sources. A synthetic image
 goes to train only, and only when its source is in train; it never reaches val or test, so the
 test metrics are computed on originals only.
@@ -176,12 +180,20 @@ def _posix(path: str) -> str:
 
 
 def _class_folder_images(root: Path, folder: Path, split: str) -> list[_Candidate]:
-    return [
-        (path.relative_to(root).as_posix(), class_dir.name, split)
-        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir())
-        if not class_dir.name.startswith(".")
-        for path in list_images(class_dir)
-    ]
+    """The images directly inside each class folder of `folder` (diffaug's rule: class folders
+    are not searched recursively, dot-entries are ignored)."""
+    candidates = []
+    for class_dir in _visible_folders(folder):
+        for nested in _visible_folders(class_dir):
+            warnings.warn(f"ignoring sub-folder {nested}: class folders are read without "
+                          "their sub-folders", stacklevel=4)
+        candidates += [(path.relative_to(root).as_posix(), class_dir.name, split)
+                       for path in list_images(class_dir)]
+    return candidates
+
+
+def _visible_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _flat_layout(root: Path) -> list[_Candidate]:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
+from tqdm.auto import tqdm
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -64,13 +65,14 @@ def read_image(path: str | Path) -> torch.Tensor:
     Alpha channels are dropped and palette images expanded to RGB.
 
     Raises:
-        ValueError: the file is missing, not an image, or truncated.
+        ValueError: the file is missing, not an image, truncated, or a decompression bomb.
     """
     try:
         with Image.open(path) as image:
             image.load()
             values = _pixels(image)
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+    # DecompressionBombError (a plain Exception): more pixels than PIL's MAX_IMAGE_PIXELS allows.
+    except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
     tensor = torch.from_numpy(values)
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
@@ -91,19 +93,34 @@ def make_preprocess(image_size: int) -> v2.Compose:
     )
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files (by extension, case-insensitive) below `folder`, recursively, sorted."""
+def list_images(folder: str | Path, *, recursive: bool = False) -> list[Path]:
+    """Image files (by extension, case-insensitive) in `folder`, sorted.
+
+    Dot-entries (``.DS_Store``, ``._x.png``, ``.ipynb_checkpoints/``) are never listed nor
+    searched. Without `recursive` only the folder's own files count: the rule of dataset
+    discovery, which is diffaug's, so ``qclassify compare --augmented`` sees the files that
+    ``diffaug balance`` used. `recursive` searches every sub-folder (``qclassify predict``).
+    """
+    folder = Path(folder)
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(
         path
-        for path in Path(folder).rglob("*")
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+        for path in candidates
+        if path.is_file()
+        and path.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     )
 
 
-def find_unreadable(paths: Sequence[str | Path]) -> dict[str, str]:
-    """Map each path that cannot be decoded to the reason; readable paths are left out."""
+def find_unreadable(paths: Sequence[str | Path], *, progress: bool = False) -> dict[str, str]:
+    """Map each path that cannot be decoded to the reason; readable paths are left out.
+
+    Args:
+        progress: show a progress bar (tqdm, on stderr) while the files are decoded.
+    """
     problems = {}
-    for path in paths:
+    for path in tqdm(paths, desc="check images", unit="image", leave=False,
+                     disable=not progress):
         try:
             read_image(path)
         except ValueError as err:

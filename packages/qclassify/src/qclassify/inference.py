@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from qclassify.batches import make_loader, predict_logits
+from qclassify.config import DEFAULT_Q_DEVICE
 from qclassify.data import read_split_csv
 from qclassify.images import ImageDataset, find_unreadable, list_images
 from qclassify.metrics import evaluate_predictions
@@ -84,6 +85,8 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
         checkpoint["model"], len(class_names), weights="none",
         n_qubits=checkpoint["n_qubits"], n_layers=checkpoint["n_layers"],
         q_backend=checkpoint["q_backend"],
+        # Checkpoints written before the device was an option used PennyLane's default.qubit.
+        q_device=checkpoint.get("q_device", DEFAULT_Q_DEVICE),
     )
     model.load_state_dict(checkpoint["state_dict"])
     resolved = resolve_device(device)
@@ -194,17 +197,24 @@ def predict_paths(
     device: str = "auto",
     progress: bool = False,
 ) -> list[dict[str, str | float]]:
-    """Predict image files and every image below folders (recursively, in path order).
+    """Predict image files and every image below folders, in path order.
+
+    Folders are searched recursively, a convenience for the user (dataset discovery reads
+    class folders without their sub-folders); dot-entries inside them are skipped, while a
+    file named explicitly is always used.
 
     Returns one row per readable image, keys in CSV column order:
     ``path, predicted_class, p_<class>...``. Unreadable images are skipped with a warning.
+
+    Args:
+        progress: progress bars (tqdm, on stderr) while images are checked and predicted.
 
     Raises:
         ValueError: a path does not exist, or no readable image was given.
     """
     run = load_run(run_dir, device=device)
     files = _expand(paths)
-    for path, reason in find_unreadable(files).items():
+    for path, reason in find_unreadable(files, progress=progress).items():
         warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=2)
         files.remove(Path(path))
     if not files:
@@ -221,7 +231,7 @@ def _expand(paths: Sequence[str | Path]) -> list[Path]:
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            files += list_images(path)
+            files += list_images(path, recursive=True)
         elif path.is_file():
             files.append(path)
         else:

@@ -92,6 +92,7 @@ class QuantumMobileNetV2(nn.Module):
         n_layers: rotation + entanglement layers L of the circuit (eqs. 9-11).
         backend: ``"torch"`` (exact simulation) or ``"pennylane"`` (``qml.qnn.TorchLayer``).
         weights: torchvision ``MobileNet_V2_Weights`` for the features, or None (random init).
+        device_name: PennyLane device of the ``"pennylane"`` backend (e.g. ``"lightning.qubit"``).
     """
 
     def __init__(
@@ -101,13 +102,15 @@ class QuantumMobileNetV2(nn.Module):
         n_layers: int = 2,
         backend: str = "torch",
         weights: WeightsEnum | None = None,
+        device_name: str = "default.qubit",
     ) -> None:
         super().__init__()
         self.features = _torchvision_model("mobilenet_v2", weights).features
         # eq. 6: the paper's 256 = 2^8 is the n_qubits=8 case
         self.reduce = nn.Sequential(nn.Linear(MOBILENET_V2_FEATURES, 2**n_qubits), nn.ReLU())
         # eqs. 7-12: amplitude encoding, L RY/CNOT layers, <Z> per qubit
-        self.quantum = QuantumFeatureLayer(n_qubits=n_qubits, n_layers=n_layers, backend=backend)
+        self.quantum = QuantumFeatureLayer(n_qubits=n_qubits, n_layers=n_layers, backend=backend,
+                                           device_name=device_name)
         self.head = nn.Linear(n_qubits, num_classes)  # eq. 13
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -127,6 +130,7 @@ def build_model(
     n_qubits: int = 4,
     n_layers: int = 2,
     q_backend: str = "torch",
+    q_device: str = "default.qubit",
 ) -> nn.Module:
     """Build a model of `MODEL_NAMES` with `num_classes` outputs.
 
@@ -135,7 +139,8 @@ def build_model(
             ``"none"`` (random init), or the path of a state dict of the WHOLE model (same name
             and number of classes), either saved with ``torch.save(model.state_dict(), path)``
             or a qclassify ``model.pt`` checkpoint.
-        n_qubits, n_layers, q_backend: the quantum layer of ``"qmobilenet"`` (ignored otherwise).
+        n_qubits, n_layers, q_backend, q_device: the quantum layer of ``"qmobilenet"``
+            (ignored otherwise); `q_device` is the PennyLane device of ``q_backend="pennylane"``.
 
     Raises:
         ValueError: unknown name or weights, fewer than two classes, a weights file that does
@@ -149,7 +154,8 @@ def build_model(
     architecture = ARCHITECTURES[name]
     tv_weights = imagenet_weights(architecture.torchvision_name) if weights == "imagenet" else None
     if architecture.head is None:
-        model = QuantumMobileNetV2(num_classes, n_qubits, n_layers, q_backend, weights=tv_weights)
+        model = QuantumMobileNetV2(num_classes, n_qubits, n_layers, q_backend, weights=tv_weights,
+                                   device_name=q_device)
     else:
         model = _torchvision_model(architecture.torchvision_name, tv_weights)
         _replace_linear(model, architecture.head, num_classes)
@@ -211,19 +217,28 @@ def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; any other torch device string as given.
 
     Raises:
-        ValueError: a CUDA device is requested but CUDA is not available, or an unknown name.
+        ValueError: a CUDA device is requested but CUDA (or that GPU) is not available, or an
+            unknown name.
     """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except RuntimeError as err:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda") from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from err
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r} requested but CUDA is not available; use --device cpu"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA "
+                f"device(s) exist; use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
     return resolved
 
 
-def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
+def count_parameters(model: nn.Module) -> int:
     """Number of parameters (scalars) of `model`."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    return sum(p.numel() for p in model.parameters())

@@ -135,7 +135,13 @@ def _pennylane_circuit(initial_weights: torch.Tensor, device_name: str) -> nn.Mo
 
     n_layers, n_qubits = initial_weights.shape
     wires = range(n_qubits)
-    device = qml.device(device_name, wires=n_qubits)
+    try:
+        device = qml.device(device_name, wires=n_qubits)
+    except Exception as err:  # DeviceError, found in pennylane.exceptions only since 0.42
+        raise ValueError(
+            f"cannot use PennyLane device {device_name!r} ({' '.join(str(err).split())}); "
+            "e.g. default.qubit, or lightning.qubit with pennylane-lightning installed"
+        ) from err
 
     # "best" is backprop on default.qubit and adjoint on lightning.qubit; the adjoint
     # gradient w.r.t. the embedded state is only its component tangent to the unit sphere,
@@ -165,7 +171,8 @@ class QuantumFeatureLayer(nn.Module):
         n_layers: number of layers L, each RY(θ_{l,q}) on every qubit then CNOT(q, q+1)
             for q = 0 … n−2.
         backend: ``"torch"`` (exact PyTorch simulation) or ``"pennylane"`` (TorchLayer).
-        device_name: PennyLane device for the ``"pennylane"`` backend.
+        device_name: PennyLane device of the ``"pennylane"`` backend (``"default.qubit"``,
+            ``"lightning.qubit"``, ...); the ``"torch"`` backend ignores it.
 
     The trainable angles are ``weights`` (shape ``(n_layers, n_qubits)``, uniform in
     [0, 2π) from torch's RNG); their state-dict key is the same for both backends.
@@ -191,6 +198,7 @@ class QuantumFeatureLayer(nn.Module):
         self.n_qubits = n_qubits
         self.n_layers = n_layers
         self.backend = backend
+        self.device_name = device_name
         initial_weights = _initial_weights(n_layers, n_qubits)
         if backend == "torch":
             self.circuit = _StateVectorCircuit(initial_weights)
@@ -215,4 +223,6 @@ class QuantumFeatureLayer(nn.Module):
         return self.circuit(amplitude_encode(circuit_input)).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"n_qubits={self.n_qubits}, n_layers={self.n_layers}, backend={self.backend!r}"
+        device = f", device_name={self.device_name!r}" if self.backend == "pennylane" else ""
+        return (f"n_qubits={self.n_qubits}, n_layers={self.n_layers}, "
+                f"backend={self.backend!r}{device}")

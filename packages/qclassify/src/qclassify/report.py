@@ -8,8 +8,6 @@ writes one PNG atomically and returns its path. Metric values are floats, NaN wh
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from qclassify.curves import roc_band
+from qclassify.runfolder import atomic_write
 
 __all__ = [
     "plot_bootstrap_violins",
@@ -336,15 +335,7 @@ def _finite_or_zero(value: float | None) -> float:
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    """Write the PNG under a temporary name in the target folder, then rename it into place."""
+    """Write the PNG atomically (temporary name in the target folder, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
-        fig.savefig(temporary, dpi=DPI, format="png")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda file: fig.savefig(file, dpi=DPI, format="png"))

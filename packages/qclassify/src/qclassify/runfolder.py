@@ -1,7 +1,9 @@
 """The files of a run folder (DESIGN.md) and writing them atomically.
 
 Every file is written to a temporary name in the same folder and renamed into place, so a run
-folder never holds a half-written file, whatever happens during training.
+folder never holds a half-written file, whatever happens during training. `atomic_write` is
+the package's one way of writing a file (the figures of `qclassify.report` use it too), so
+this module imports torch only inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
-
-import torch
 
 __all__ = [
     "CONFIG_FILE",
@@ -94,6 +94,8 @@ def write_csv(
 
 def write_torch(path: str | Path, obj: Any) -> Path:
     """`torch.save` of `obj`, atomically."""
+    import torch
+
     return atomic_write(path, lambda file: torch.save(obj, file))
 
 
@@ -103,6 +105,8 @@ def read_torch(path: str | Path) -> Any:
     Raises:
         ValueError: the file is unreadable or not a torch file, naming it.
     """
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged file surfaces as any of a dozen unpickling errors

@@ -7,13 +7,10 @@ eq. 15 is Adam's weight decay. Training stops when the validation loss has not i
 
 from __future__ import annotations
 
-import json
 import math
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -24,22 +21,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from qclassify.batches import deterministic_algorithms, make_loader, predict_logits
-from qclassify.data import SPLIT_COLUMNS, DatasetSplit, discover_dataset, split_csv_rows
+from qclassify.config import TrainConfig, run_info
+from qclassify.data import SPLIT_COLUMNS, discover_dataset, split_csv_rows
 from qclassify.images import ImageDataset
-from qclassify.models import (
-    MODEL_NAMES,
-    build_model,
-    check_image_size,
-    count_parameters,
-    resolve_device,
-)
+from qclassify.models import build_model, resolve_device
 from qclassify.runfolder import (
     CONFIG_FILE,
     HISTORY_FILE,
     MODEL_FILE,
     RUN_FILES,
     SPLIT_FILE,
-    read_json,
     write_csv,
     write_json,
     write_torch,
@@ -50,52 +41,11 @@ __all__ = [
     "HISTORY_COLUMNS",
     "EpochRecord",
     "FitResult",
-    "TrainConfig",
     "fit",
-    "run_is_complete",
 ]
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "seconds")
 CHECKPOINT_FORMAT = 1
-# Options that decide where a run is computed, not what it computes: a finished run is reused
-# whatever they were.
-_PLACEMENT_OPTIONS = ("device", "num_workers")
-_VERSIONED_PACKAGES = ("qclassify", "torch", "torchvision", "pennylane", "numpy", "scikit-learn")
-
-
-@dataclass
-class TrainConfig:
-    """Every option of ``qclassify fit``; the defaults are the paper's recipe (section 2.5)."""
-
-    model: str = "qmobilenet"
-    qubits: int = 4
-    qlayers: int = 2
-    q_backend: str = "torch"
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    patience: int = 5
-    image_size: int = 224
-    weights: str = "imagenet"
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first option with an impossible value."""
-        if self.model not in MODEL_NAMES:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
-        for name in ("qubits", "qlayers", "epochs", "batch_size", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.num_workers < 0:
-            raise ValueError("--num-workers must be 0 or more")
-        if not (self.lr > 0 and self.weight_decay >= 0):
-            raise ValueError("--lr must be positive and --weight-decay non-negative")
-        check_image_size(self.image_size)
 
 
 @dataclass(frozen=True)
@@ -171,10 +121,11 @@ def fit(
     model = build_model(
         config.model, len(dataset.class_names), weights=config.weights,
         n_qubits=config.qubits, n_layers=config.qlayers, q_backend=config.q_backend,
+        q_device=config.q_device,
     )
     _prepare_run_dir(run_dir, overwrite)
-    run_info = _run_info(data_dir, config, dataset, model, device)
-    write_json(run_dir / CONFIG_FILE, run_info)
+    info = run_info(data_dir, config, dataset, model, device)
+    write_json(run_dir / CONFIG_FILE, info)
     write_csv(run_dir / SPLIT_FILE, SPLIT_COLUMNS, split_csv_rows(dataset))
 
     with deterministic_algorithms():
@@ -187,8 +138,9 @@ def fit(
         "n_qubits": config.qubits,
         "n_layers": config.qlayers,
         "q_backend": config.q_backend,
+        "q_device": config.q_device,
         "image_size": config.image_size,
-        "positive_class": run_info["positive_class"],
+        "positive_class": info["positive_class"],
         "best_epoch": best_epoch,
         "state_dict": best_state,
     }
@@ -200,30 +152,9 @@ def fit(
         best_epoch=best_epoch,
         stopped_early=len(history) < config.epochs,
         class_names=list(dataset.class_names),
-        n_parameters=run_info["n_parameters"],
+        n_parameters=info["n_parameters"],
         device=str(device),
     )
-
-
-def run_is_complete(
-    run_dir: str | Path, config: TrainConfig, data_dir: str | Path | None = None
-) -> bool:
-    """True when `run_dir` holds a finished `fit` with the same options (and data, if given).
-
-    Device and number of workers are not compared: they change where a run is computed, not
-    what it computes.
-    """
-    run_dir = Path(run_dir)
-    if not all((run_dir / name).is_file() for name in (CONFIG_FILE, HISTORY_FILE, MODEL_FILE)):
-        return False
-    try:
-        stored = read_json(run_dir / CONFIG_FILE)
-    except (OSError, ValueError):
-        return False
-    wanted = _comparable_options(config)
-    found = {k: v for k, v in stored.get("options", {}).items() if k not in _PLACEMENT_OPTIONS}
-    same_data = data_dir is None or stored.get("data_dir") == str(Path(data_dir).resolve())
-    return found == wanted and same_data
 
 
 def _train(model, dataset, config, device, run_dir, progress, on_epoch):
@@ -308,44 +239,3 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     for name in existing:
         (run_dir / name).unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _comparable_options(config: TrainConfig) -> dict:
-    options = json.loads(json.dumps(asdict(config)))
-    return {k: v for k, v in options.items() if k not in _PLACEMENT_OPTIONS}
-
-
-def _run_info(data_dir: Path, config: TrainConfig, dataset: DatasetSplit, model, device) -> dict:
-    train_originals = dataset.subset("train", originals_only=True)
-    original_counts = {name: 0 for name in dataset.class_names}
-    for sample in train_originals:
-        original_counts[sample.class_name] += 1
-    # Binary tasks: the positive class is the training minority (of the original images, so a
-    # balanced copy of the same data keeps it); ties go to the first class name.
-    positive = (
-        min(dataset.class_names, key=lambda name: original_counts[name])
-        if len(dataset.class_names) == 2 else None
-    )
-    return {
-        "options": asdict(config),
-        "data_dir": str(data_dir),
-        "layout": dataset.layout,
-        "class_names": list(dataset.class_names),
-        "positive_class": positive,
-        "class_counts": {split: dataset.class_counts(split) for split in ("train", "val", "test")},
-        "train_original_counts": original_counts,
-        "n_synthetic_train": sum(s.synthetic for s in dataset.samples),
-        "n_parameters": count_parameters(model),
-        "device": str(device),
-        "versions": {"python": platform.python_version(), **_versions()},
-    }
-
-
-def _versions() -> dict[str, str | None]:
-    found = {}
-    for package in _VERSIONED_PACKAGES:
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = None
-    return found

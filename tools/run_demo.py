@@ -1,0 +1,281 @@
+"""The whole pipeline in one command, on procedural data, with no download (issue 6).
+
+    python tools/run_demo.py [OUT=demo-out] [--size 224 --image-size 64 --epochs 6
+        --train 280 102 --val 60 22 --test 60 60 --models M --bootstrap N --seed 0 --quiet]
+
+Each step is printed as the command a user would type and run as that command (the real
+``diffaug`` / ``qclassify`` command lines, through this Python), so the demo exercises exactly
+what the README documents:
+
+1. ``tools/make_demo_data.py`` writes the angiography-like dataset to ``OUT/data``;
+2. ``diffaug balance`` oversamples the stenosis class to ratio 0.7 (eq. 3: ceil(0.7 * 280) -
+   102 = 94 synthetic images at the default counts) into ``OUT/balanced``;
+3. FID/KID of those synthetic images against the original train stenosis images
+   (``diffaug balance ... --fid``), skipped with a note when pytorch-fid's Inception weights
+   are not already cached, since the demo must not download anything;
+4. ``qclassify compare`` trains the paper's seven runs from scratch (``--weights none``) at a
+   reduced size and epoch budget, on the GPU when there is one, into ``OUT/report``;
+5. the results table and where the report and its figures are.
+
+Rerunning continues where it stopped: the data is kept when ``OUT/data/demo-data.json``
+records the same options, ``diffaug balance`` does nothing for a finished run and
+``qclassify compare`` reuses finished runs.
+
+Default budget: 64 px and 6 epochs keep the seven runs near 10 minutes on 2 CPU cores
+(estimated per-step costs, batch 16, 2 threads: MobileNetV2 ~0.15 s, ResNet-18 and
+DenseNet-121 ~0.3 s, VGG-16 1.2-2.5 s; 24 steps per epoch on the original train split, 30 on
+the balanced one), plus about a minute and a half for data, balancing and evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+TOOLS = Path(__file__).resolve().parent
+GENERATOR = TOOLS / "make_demo_data.py"
+FIGURE_SCRIPT = TOOLS / "demo_figure.py"
+DATA_RECORD = "demo-data.json"  # written by make_demo_data.py beside the images
+CLASSES = ("normal", "stenosis")
+SPLITS = ("train", "val", "test")
+DEFAULT_COUNTS = {"train": (280, 102), "val": (60, 22), "test": (60, 60)}
+RATIO = "0.7"
+DEMO_IMAGE_SIZE = 64
+DEMO_EPOCHS = 6
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What a demo run does; the defaults are the real demo."""
+
+    out: Path = Path("demo-out")
+    size: int = 224
+    counts: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(DEFAULT_COUNTS))
+    image_size: int = DEMO_IMAGE_SIZE
+    epochs: int = DEMO_EPOCHS
+    models: tuple[str, ...] = ()  # empty: the paper's seven runs
+    bootstrap: int | None = None  # None: qclassify's default
+    seed: int = 0
+    quiet: bool = False
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    @property
+    def balanced(self) -> Path:
+        return self.out / "balanced"
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pipeline step: `shown` is what a user would type, `argv` what runs."""
+
+    name: str  # short, for the timings line
+    title: str
+    shown: list[str]
+    argv: list[str]
+
+
+class StepFailed(click.ClickException):
+    """A step exited non-zero: one line naming it, exit status 1."""
+
+
+def _quiet(options: DemoOptions) -> list[str]:
+    return ["--quiet"] if options.quiet else []
+
+
+def _script(path: Path) -> str:
+    """`path` as a user in the current folder would type it."""
+    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def _python_step(name: str, title: str, script: Path, args: list[str]) -> Step:
+    return Step(name, title, ["python", _script(script), *args],
+                [sys.executable, str(script), *args])
+
+
+def _module_step(name: str, title: str, package: str, args: list[str]) -> Step:
+    return Step(name, title, [package, *args], [sys.executable, "-m", package, *args])
+
+
+def generate_step(options: DemoOptions) -> Step:
+    args = [str(options.data), "--size", str(options.size)]
+    for split in SPLITS:
+        args += [f"--{split}", *(str(n) for n in options.counts[split])]
+    args += ["--seed", str(options.seed), *_quiet(options)]
+    return _python_step("data", "generate the demo data", GENERATOR, args)
+
+
+def balance_step(options: DemoOptions, *, fid: bool = False) -> Step:
+    args = [str(options.data), str(options.balanced), "--ratio", RATIO,
+            "--seed", str(options.seed)]
+    if fid:
+        return _module_step("fid", "FID/KID of the synthetic stenosis images vs the originals",
+                            "diffaug", ["balance", *args, "--fid", *_quiet(options)])
+    return _module_step("balance", f"balance the classes to ratio {RATIO} (eq. 3)", "diffaug",
+                        ["balance", *args, *_quiet(options)])
+
+
+def compare_step(options: DemoOptions) -> Step:
+    args = ["compare", str(options.data), "--augmented", str(options.balanced),
+            "--out", str(options.report), "--image-size", str(options.image_size),
+            "--epochs", str(options.epochs), "--weights", "none", "--device", "auto",
+            "--seed", str(options.seed)]
+    for model in options.models:
+        args += ["--models", model]
+    if options.bootstrap is not None:
+        args += ["--bootstrap", str(options.bootstrap)]
+    return _module_step("compare", "train and compare the classifiers (section 3)",
+                        "qclassify", [*args, *_quiet(options)])
+
+
+def data_already_generated(options: DemoOptions) -> bool:
+    """True when OUT/data holds demo data made with these options (its demo-data.json says so).
+
+    Raises:
+        ValueError: OUT/data holds demo data made with other options.
+    """
+    record = options.data / DATA_RECORD
+    if not record.is_file():
+        return False
+    recorded = json.loads(record.read_text(encoding="utf-8")).get("options")
+    wanted = {"size": options.size, "seed": options.seed,
+              "counts": {split: dict(zip(CLASSES, pair, strict=True))
+                         for split, pair in options.counts.items()}}
+    if recorded != wanted:
+        raise ValueError(f"{options.data} holds demo data made with other options ({record}); "
+                         f"remove {options.out} or choose another OUT")
+    return True
+
+
+def fid_skip_note() -> str | None:
+    """None when FID can run offline, else the one-line reason it is skipped.
+
+    Looks for pytorch-fid's Inception weights where its loader caches them, never downloads.
+    """
+    try:
+        from diffaug.features import inception_weights_path, require_fid_extra
+
+        require_fid_extra()
+    except ImportError as err:
+        return f"FID skipped: {err}"
+    path = inception_weights_path()
+    if path.is_file():
+        return None
+    return (f"FID skipped: pytorch-fid's Inception weights are not in "
+            f"$TORCH_HOME/hub/checkpoints/ ({path}); they download once with network access "
+            "(the first `diffaug fid` run online), then rerun the demo to add FID/KID.")
+
+
+def _run(number: int, step: Step) -> float:
+    """Echo and run one step; returns its wall time in seconds."""
+    click.echo(f"\n[{number}/5] {step.title}\n$ {shlex.join(step.shown)}")
+    started = time.perf_counter()
+    status = subprocess.run(step.argv, check=False).returncode
+    if status != 0:
+        raise StepFailed(f"step {number} ({step.title}) failed with exit status {status}: "
+                         f"{shlex.join(step.shown)}")
+    return time.perf_counter() - started
+
+
+def _skip(number: int, title: str, reason: str) -> None:
+    click.echo(f"\n[{number}/5] {title}\n{reason}")
+
+
+def run_demo(options: DemoOptions) -> dict[str, float]:
+    """Run steps 1-4; returns the wall time in seconds of each step that ran, by step name."""
+    seconds: dict[str, float] = {}
+    generate = generate_step(options)
+    try:
+        done = data_already_generated(options)
+    except (ValueError, OSError) as err:
+        raise StepFailed(f"step 1 ({generate.title}): {err}") from None
+    if done:
+        _skip(1, generate.title, f"{options.data} already holds this demo data "
+              f"({DATA_RECORD} records the same options); not regenerated.")
+    else:
+        seconds[generate.name] = _run(1, generate)
+    balance = balance_step(options)
+    seconds[balance.name] = _run(2, balance)
+    fid = balance_step(options, fid=True)
+    note = fid_skip_note()
+    if note is None:
+        seconds[fid.name] = _run(3, fid)
+    else:
+        _skip(3, fid.title, note)
+    compare = compare_step(options)
+    seconds[compare.name] = _run(4, compare)
+    return seconds
+
+
+def summary(options: DemoOptions, seconds: dict[str, float], total_seconds: float) -> str:
+    """Step 5: the results table, where the report is, and the timings."""
+    report = options.report
+    figures = sorted(path.name for path in report.glob("*.png"))
+    table = (report / "results.md").read_text(encoding="utf-8").splitlines()
+    steps = ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
+    lines = [
+        "\n[5/5] results",
+        # The figure links of results.md mean nothing in a terminal; the figures are listed below.
+        *(line for line in table if not line.startswith("![")),
+        "",
+        f"report:  {report / 'results.md'} (table, notes, figures), {report / 'results.csv'}",
+        f"figures: {report}/ {', '.join(figures)}",
+        f"runs:    {report / 'runs'}/<model>@<data>/ (config, split, model, history, metrics)",
+        f"README figure: python {_script(FIGURE_SCRIPT)} {options.out} docs/demo.png",
+        f"demo finished in {total_seconds / 60:.1f} min ({steps})",
+    ]
+    return "\n".join(lines)
+
+
+def _pair(split: str) -> click.Option:
+    return click.option(f"--{split}", split, nargs=2, type=click.IntRange(min=1),
+                        default=DEFAULT_COUNTS[split], show_default=True,
+                        help=f"Normal and stenosis images in {split}.")
+
+
+@click.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path), default="demo-out")
+@click.option("--size", type=click.IntRange(min=32), default=224, show_default=True,
+              help="Side of the generated images in pixels.")
+@click.option("--image-size", type=click.IntRange(min=1), default=DEMO_IMAGE_SIZE,
+              show_default=True, help="Training image size (qclassify --image-size).")
+@click.option("--epochs", type=click.IntRange(min=1), default=DEMO_EPOCHS, show_default=True,
+              help="Training epochs per run (qclassify --epochs).")
+@_pair("train")
+@_pair("val")
+@_pair("test")
+@click.option("--models", multiple=True,
+              help="Runs to make (qclassify compare --models) [default: all seven].")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=None,
+              help="Bootstrap resamples of the CIs [default: qclassify's].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the data, the synthetic images and the training.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def main(out: Path, size: int, image_size: int, epochs: int, train: tuple[int, int],
+         val: tuple[int, int], test: tuple[int, int], models: tuple[str, ...],
+         bootstrap: int | None, seed: int, quiet: bool) -> None:
+    """Generate demo data, balance it with diffaug, compare the classifiers; report in OUT."""
+    options = DemoOptions(out=out, size=size, counts={"train": train, "val": val, "test": test},
+                          image_size=image_size, epochs=epochs, models=models,
+                          bootstrap=bootstrap, seed=seed, quiet=quiet)
+    started = time.perf_counter()
+    seconds = run_demo(options)
+    click.echo(summary(options, seconds, time.perf_counter() - started))
+
+
+if __name__ == "__main__":
+    main()
