@@ -115,36 +115,43 @@ def _grow(rng, start, heading, length, root_radius, tip_fraction, level, scale) 
 
 
 def _branches(rng, parent: _Vessel, count: int, length_range, scale) -> list[_Vessel]:
+    """`count` vessels leaving `parent` at 20-63 degrees, 50-80 % of its local radius."""
     out = []
     for _ in range(count):
-        at = int(rng.uniform(0.12, 0.8) * (len(parent.points) - 1))
-        direction = parent.points[min(at + 1, len(parent.points) - 1)] - parent.points[at - 1]
-        heading = np.arctan2(direction[1], direction[0]) + rng.choice([-1, 1]) * rng.uniform(0.35, 1.1)
-        root = parent.tapered[at] * rng.uniform(0.5, 0.8)
-        length = rng.uniform(*length_range)
-        out.append(_grow(rng, parent.points[at], heading, length, root, rng.uniform(0.3, 0.5),
+        at = 1 + int(rng.uniform(0.12, 0.8) * (len(parent.points) - 3))  # has two neighbours
+        direction = parent.points[at + 1] - parent.points[at - 1]
+        side = rng.choice([-1, 1])
+        heading = np.arctan2(direction[1], direction[0]) + side * rng.uniform(0.35, 1.1)
+        out.append(_grow(rng, parent.points[at], heading, rng.uniform(*length_range),
+                         parent.tapered[at] * rng.uniform(0.5, 0.8), rng.uniform(0.3, 0.5),
                          parent.level + 1, scale))
     return out
 
 
+def _inward(rng, size: int, distance: float, spread: float) -> tuple[np.ndarray, float]:
+    """A start point `distance` x size from the centre and a heading roughly towards it."""
+    phi = rng.uniform(0, 2 * np.pi)
+    start = size / 2 + distance * size * np.array([np.cos(phi), np.sin(phi)])
+    return start, phi + np.pi + rng.uniform(-spread, spread)
+
+
 def _vessel_tree(rng: np.random.Generator, size: int) -> list[_Vessel]:
-    """1-2 trunks entering from outside the frame, 2-4 branches each, 0-2 sub-branches per branch."""
+    """Trunks entering from outside the frame, their branches and sub-branches, a catheter."""
     scale = size / REFERENCE_SIZE
-    centre = np.array([size / 2, size / 2])
     vessels = []
     for _ in range(rng.integers(TRUNKS[0], TRUNKS[1] + 1)):
-        phi = rng.uniform(0, 2 * np.pi)
-        start = centre + 0.62 * size * np.array([np.cos(phi), np.sin(phi)])
-        trunk = _grow(rng, start, phi + np.pi + rng.uniform(-0.5, 0.5), rng.uniform(0.9, 1.3) * size,
+        start, heading = _inward(rng, size, 0.62, 0.5)
+        trunk = _grow(rng, start, heading, rng.uniform(0.9, 1.3) * size,
                       rng.uniform(*TRUNK_RADIUS) * scale, rng.uniform(0.35, 0.55), 0, scale)
         vessels.append(trunk)
-        for branch in _branches(rng, trunk, rng.integers(BRANCHES[0], BRANCHES[1] + 1), (0.3 * size, 0.6 * size), scale):
+        n_branches = rng.integers(BRANCHES[0], BRANCHES[1] + 1)
+        for branch in _branches(rng, trunk, n_branches, (0.3 * size, 0.6 * size), scale):
             vessels.append(branch)
-            vessels += _branches(rng, branch, rng.integers(SUB_BRANCHES[0], SUB_BRANCHES[1] + 1), (0.12 * size, 0.3 * size), scale)
-    if rng.random() < CATHETER_PROBABILITY:  # the guiding catheter: a long uniform tube, a common distractor
-        phi = rng.uniform(0, 2 * np.pi)
-        catheter = _grow(rng, centre + 0.7 * size * np.array([np.cos(phi), np.sin(phi)]),
-                         phi + np.pi + rng.uniform(-0.4, 0.4), 0.6 * size, 2.2 * scale, 1.0, -1, scale)
+            n_sub = rng.integers(SUB_BRANCHES[0], SUB_BRANCHES[1] + 1)
+            vessels += _branches(rng, branch, n_sub, (0.12 * size, 0.3 * size), scale)
+    if rng.random() < CATHETER_PROBABILITY:  # the guiding catheter: a uniform tube, a distractor
+        start, heading = _inward(rng, size, 0.7, 0.4)
+        catheter = _grow(rng, start, heading, 0.6 * size, 2.2 * scale, 1.0, -1, scale)
         catheter.relative[:] = 1.0
         vessels.append(catheter)
     return vessels

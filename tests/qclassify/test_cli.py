@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
 from qclassify.cli import main  # noqa: E402
@@ -48,6 +48,7 @@ def test_fit_evaluate_predict(image_folder, tmp_path):
     result = _invoke("fit", image_folder, "--out", run, "--model", "mobilenet_v2", *TINY)
     assert result.exit_code == 0, result.output
     assert [line for line in result.stdout.splitlines() if line.startswith("epoch 1/1")]
+    assert f"run folder: {run}" in result.stdout.splitlines()
     assert json.loads((run / "config.json").read_text())["options"]["model"] == "mobilenet_v2"
 
     result = _invoke("evaluate", run, "--bootstrap", "20", "--device", "cpu", "--quiet")
@@ -58,11 +59,45 @@ def test_fit_evaluate_predict(image_folder, tmp_path):
     assert f"{metrics['accuracy']['value']:.4f}" in result.stdout
     assert metrics["n_bootstrap"] == 20
 
-    result = _invoke("predict", run, image_folder / "stenosis", "--device", "cpu")
+    result = _invoke("predict", run, image_folder / "stenosis", "--device", "cpu", "--quiet")
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert list(rows[0]) == ["path", "predicted_class", "p_normal", "p_stenosis"]
     assert len(rows) == 6
+    assert result.stderr == ""
+
+
+def test_predict_progress_goes_to_stderr(trained_run):
+    """CLI: without --quiet predict shows progress bars on stderr; stdout stays the CSV that
+    --quiet prints, byte for byte."""
+    run, data = trained_run
+    args = ("predict", run, data / "normal", "--device", "cpu", "--batch-size", "4")
+    quiet, verbose = _invoke(*args, "--quiet"), _invoke(*args)
+    assert quiet.exit_code == verbose.exit_code == 0, verbose.output
+    assert verbose.stdout == quiet.stdout
+    assert len(list(csv.DictReader(io.StringIO(verbose.stdout)))) == 12
+    assert "predict" in verbose.stderr and "100%" in verbose.stderr
+    assert quiet.stderr == ""
+
+
+def test_q_device_reaches_the_checkpoint(tmp_path, make_images):
+    """CLI: --q-device is recorded in config.json and model.pt, and evaluate/predict rebuild
+    the quantum layer on it; an unknown device is one error line before any file is written."""
+    pytest.importorskip("pennylane_lightning")
+    from qclassify.inference import load_run
+
+    data = make_images(tmp_path / "data", counts={"normal": 4, "stenosis": 4})
+    run = tmp_path / "run"
+    pennylane = ["--q-backend", "pennylane", "--q-device"]
+    result = _invoke("fit", data, "--out", run, *TINY, *pennylane, "lightning.qubit")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["options"]["q_device"] == (
+        "lightning.qubit")
+    assert load_run(run, device="cpu").model.quantum.device_name == "lightning.qubit"
+
+    result = _invoke("fit", data, "--out", tmp_path / "bad", *TINY, *pennylane, "nope.qubit")
+    _assert_one_line_error(result, "cannot use PennyLane device 'nope.qubit'", exit_code=1)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_unreadable_image_is_named_and_skipped(image_folder, tmp_path):
@@ -84,16 +119,29 @@ def test_unreadable_image_is_named_and_skipped(image_folder, tmp_path):
         (lambda data: None, ["--image-size", "16"], ["too small", "--image-size 32"], 1),
         (lambda data: None, ["--weights", "absent.pt"], ["--weights", "absent.pt"], 2),
         (lambda data: None, ["--model", "alexnet"], ["--model"], 2),
+        (lambda data: None, ["--val-fraction", "0"], ["--val-fraction", "0<x<1"], 2),
+        (lambda data: None, ["--test-fraction", "1"], ["--test-fraction", "0<x<1"], 2),
+        (lambda data: None, ["--val-fraction", "0.5", "--test-fraction", "0.5"],
+         ["sum below 1"], 1),
+        (lambda data: None, ["--seed", "-1"], ["--seed", "x>=0"], 2),
+        (lambda data: None, ["--device", "gpu"], ["--device", "'gpu' is not auto, cpu, cuda"], 2),
+        (lambda data: None, ["--device", "cuda:x"], ["--device", "cuda:N"], 2),
+        (lambda data: None, ["--device", "cuda:1"], ["--device", "CUDA is not available"], 2),
     ],
     ids=["missing-folder", "empty-folder", "one-class", "image-too-small", "bad-weights",
-         "bad-model"],
+         "bad-model", "val-fraction-0", "test-fraction-1", "fractions-sum-1", "negative-seed",
+         "device-gpu", "device-cuda-x", "device-cuda-unavailable"],
 )
-def test_fit_bad_input(image_folder, tmp_path, arrange, extra, fragments, exit_code):
-    """CLI: each bad input is one clear error line, a non-zero exit and no traceback."""
+def test_fit_bad_input(image_folder, tmp_path, arrange, extra, fragments, exit_code,
+                       monkeypatch):
+    """CLI: each bad input is one clear error line, a non-zero exit and no traceback, and
+    names no run folder (none was made)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     arrange(image_folder)
     # extra comes last: click keeps the last value of a repeated option
     result = _invoke("fit", image_folder, "--out", tmp_path / "run", *TINY, *extra)
     _assert_one_line_error(result, *fragments, exit_code=exit_code)
+    assert "run folder" not in result.output
     assert not (tmp_path / "run").exists()
 
 

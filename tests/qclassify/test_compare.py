@@ -9,6 +9,7 @@ tiny: 32 px images, one epoch, random initialisation.
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -171,12 +172,17 @@ def test_table_matches_predictions_of_the_same_original_test_images(first_report
 
 @pytest.mark.slow
 def test_compare_resumes_without_retraining(first_report, datasets, tmp_path):
-    """Contract: a second call trains nothing (model files untouched); after an interrupted
-    run (model.pt missing) only that run is trained again."""
+    """Contract: a second call trains nothing (model files untouched), also for a run whose
+    config.json predates the q_device option; after an interrupted run (model.pt missing)
+    only that run is trained again."""
     report, _ = first_report
     data, balanced = datasets
     copy = shutil.copytree(report, tmp_path / "report")
     before = model_mtimes(copy)
+    older = copy / "runs" / "qmobilenet@balanced" / "config.json"
+    stored = json.loads(older.read_text())
+    del stored["options"]["q_device"]
+    older.write_text(json.dumps(stored))
     again = compare(data, balanced, copy, models=[",".join(TWO_RUNS)][0].split(","),
                     train_config=TINY, n_bootstrap=50, progress=False)
     assert again.trained == [] and model_mtimes(copy) == before
@@ -207,7 +213,8 @@ def test_augmented_with_other_test_images_is_refused_before_training(datasets, t
 def test_cli_compare_help_names_its_options():
     result = CliRunner().invoke(main, ["compare", "--help"], catch_exceptions=False)
     assert result.exit_code == 0
-    for option in ("--augmented", "--models", "--out", "--epochs", "--bootstrap", "--quiet"):
+    for option in ("--augmented", "--models", "--out", "--epochs", "--bootstrap", "--quiet",
+                   "--q-device"):
         assert option in result.output
 
 

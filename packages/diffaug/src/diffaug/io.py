@@ -1,4 +1,4 @@
-"""Files: image discovery and reading, PNG encoding, atomic writes, sha256 and the manifest.
+"""Files: image reading, PNG encoding, atomic writes, sha256 and the manifest.
 
 Every write goes to a temporary file in the target's folder and is renamed into place with
 ``os.replace``, so an interrupted run never leaves a half-written file under its final name.

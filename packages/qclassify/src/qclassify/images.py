@@ -119,8 +119,9 @@ def find_unreadable(paths: Sequence[str | Path], *, progress: bool = False) -> d
         progress: show a progress bar (tqdm, on stderr) while the files are decoded.
     """
     problems = {}
+    # No bar for no files: tqdm would leave its empty bar's line behind.
     for path in tqdm(paths, desc="check images", unit="image", leave=False,
-                     disable=not progress):
+                     disable=not (progress and paths)):
         try:
             read_image(path)
         except ValueError as err:
