@@ -154,8 +154,8 @@ def markdown(distances: list[SetDistance], *, source: str, minority: str, n_held
            "covariances are singular and the bias is large" if singular else "")
         + ". Compare FIDs only between rows of this table (same held-out set, similar set "
         "sizes), not with the paper's 28.3 / 45.7. KID is unbiased; its ± is the spread over "
-        "100 random subsets of min(1000, n_held_out, n_set) images each, not a confidence "
-        "interval.")
+        "100 random subsets (1000 images, or half the smaller set when a set is smaller; "
+        "see diffaug.kid.kid_subset_size), not a confidence interval.")
     return "\n".join(lines) + "\n"
 
 

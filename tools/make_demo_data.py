@@ -39,24 +39,28 @@ SPLITS = ("train", "val", "test")
 # Train reproduces eq. 3's worked example; val keeps the train imbalance (60:22 ~ 280:102) so
 # early stopping sees the deployment prior; test is balanced 60/60 like the paper's test set
 # (section 3: "among 60 negative samples ... among 60 positive samples").
-DEFAULT_COUNTS: dict[str, tuple[int, int]] = {"train": (280, 102), "val": (60, 22), "test": (60, 60)}
+DEFAULT_COUNTS: dict[str, tuple[int, int]] = {
+    "train": (280, 102), "val": (60, 22), "test": (60, 60)}
 METADATA_FILE = "demo-data.json"
 MIN_SIZE = 32
 
 # Geometry is specified in pixels of a REFERENCE_SIZE image and scaled with the requested size.
+# The scene is a zoomed view of one main artery (the trunk) with a few side branches, as in
+# stenosis-grading crops; only the trunk carries lesions. Difficulty was tuned with
+# tools/check_demo_learnability.py (a small CNN lands at a test AUC of ~0.8-0.9, issue 6):
+# deeper lesions or less natural variation make it easier, shorter lesions harder.
 REFERENCE_SIZE = 224
-SAMPLE_SPACING = 0.4  # centreline sample spacing in output pixels: below the thinnest profile
-# Normal vessels vary in width by a bounded smooth factor in (1 - v, 1 + v): it makes mild
-# "narrowings" common in both classes, so the lesion must be told apart by depth, not presence.
-NATURAL_WIDTH_VARIATION = 0.2
-TRUNKS, BRANCHES, SUB_BRANCHES = (1, 2), (2, 4), (0, 2)  # inclusive count ranges
-CATHETER_PROBABILITY = 0.7
-LESION_LEVELS = (0, 1)  # vessel levels that may carry the lesion: trunks and branches
-TRUNK_RADIUS = (3.5, 5.5)  # reference pixels at the trunk's root
+SAMPLE_SPACING = 0.4  # centreline sample spacing in output pixels, well below a pixel
+TRUNK_RADIUS = (8.0, 12.0)  # reference pixels at the trunk's root
+BRANCHES, SUB_BRANCHES = (1, 3), (0, 1)  # inclusive count ranges, per trunk and per branch
+CATHETER_PROBABILITY = 0.3
+# Vessels vary in width by a smooth factor in (1 - v, 1 + v): mild "narrowings" occur in both
+# classes, so a lesion is told apart by its depth, not by its presence.
+NATURAL_WIDTH_VARIATION = 0.1
 LESION_DEPTH = (0.4, 0.7)  # fractional radius reduction at the lesion centre (issue 6)
-LESION_SIGMA = (2.5, 5.0)  # lesion half-length (gaussian sigma), reference pixels
-LESION_ZONE = (0.15, 0.75)  # lesions sit on this fraction of a vessel, away from its thin tip
-LESION_MIN_RADIUS = 2.5  # reference pixels: only vessels a cardiologist would grade
+LESION_SIGMA = (6.0, 10.0)  # lesion half-length (gaussian sigma along the trunk), reference px
+LESION_ZONE = (0.15, 0.75)  # lesions sit on this fraction of the trunk, away from its tip...
+LESION_MIN_RADIUS = 5.0  # ...where it is at least this wide (reference pixels)
 TIP_FADE = 0.2  # fraction of a vessel's length over which its tip fades out
 MIN_DISC_RADIUS = 0.5  # output pixels: thinner vessels are drawn this wide, proportionally fainter
 N_RADIUS_LEVELS = 10
@@ -83,7 +87,7 @@ class _Vessel:
     points: np.ndarray  # (n, 2) x, y in output pixels, SAMPLE_SPACING apart
     tapered: np.ndarray  # (n,) smooth radius: linear taper from the root to the tip
     relative: np.ndarray  # (n,) drawn radius / tapered radius
-    level: int  # 0 trunk, 1 branch, 2 sub-branch, -1 catheter (never stenosed)
+    level: int  # 0 trunk, 1 branch, 2 sub-branch, -1 catheter
 
     @property
     def radius(self) -> np.ndarray:
@@ -136,19 +140,17 @@ def _inward(rng, size: int, distance: float, spread: float) -> tuple[np.ndarray,
 
 
 def _vessel_tree(rng: np.random.Generator, size: int) -> list[_Vessel]:
-    """Trunks entering from outside the frame, their branches and sub-branches, a catheter."""
+    """A trunk entering from outside the frame, its branches and sub-branches, a catheter."""
     scale = size / REFERENCE_SIZE
-    vessels = []
-    for _ in range(rng.integers(TRUNKS[0], TRUNKS[1] + 1)):
-        start, heading = _inward(rng, size, 0.62, 0.5)
-        trunk = _grow(rng, start, heading, rng.uniform(0.9, 1.3) * size,
-                      rng.uniform(*TRUNK_RADIUS) * scale, rng.uniform(0.35, 0.55), 0, scale)
-        vessels.append(trunk)
-        n_branches = rng.integers(BRANCHES[0], BRANCHES[1] + 1)
-        for branch in _branches(rng, trunk, n_branches, (0.3 * size, 0.6 * size), scale):
-            vessels.append(branch)
-            n_sub = rng.integers(SUB_BRANCHES[0], SUB_BRANCHES[1] + 1)
-            vessels += _branches(rng, branch, n_sub, (0.12 * size, 0.3 * size), scale)
+    start, heading = _inward(rng, size, 0.62, 0.5)
+    trunk = _grow(rng, start, heading, rng.uniform(0.9, 1.3) * size,
+                  rng.uniform(*TRUNK_RADIUS) * scale, rng.uniform(0.35, 0.55), 0, scale)
+    vessels = [trunk]
+    for branch in _branches(rng, trunk, rng.integers(BRANCHES[0], BRANCHES[1] + 1),
+                            (0.3 * size, 0.6 * size), scale):
+        vessels.append(branch)
+        vessels += _branches(rng, branch, rng.integers(SUB_BRANCHES[0], SUB_BRANCHES[1] + 1),
+                             (0.12 * size, 0.3 * size), scale)
     if rng.random() < CATHETER_PROBABILITY:  # the guiding catheter: a uniform tube, a distractor
         start, heading = _inward(rng, size, 0.7, 0.4)
         catheter = _grow(rng, start, heading, 0.6 * size, 2.2 * scale, 1.0, -1, scale)
@@ -157,29 +159,23 @@ def _vessel_tree(rng: np.random.Generator, size: int) -> list[_Vessel]:
     return vessels
 
 
-def _lesion_sites(vessels: list[_Vessel], size: int) -> list[tuple[int, int]]:
-    """(vessel, sample) pairs where a lesion would be visible: trunk or branch, inside the frame."""
+def _lesion_sites(trunk: _Vessel, size: int) -> np.ndarray:
+    """Trunk samples where a lesion would be visible: wide enough, well inside the frame."""
+    u = np.linspace(0.0, 1.0, len(trunk.points))
     margin = 0.1 * size
-    sites = []
-    for k, vessel in enumerate(vessels):
-        if vessel.level not in LESION_LEVELS:
-            continue
-        u = np.linspace(0.0, 1.0, len(vessel.points))
-        inside = np.all((vessel.points > margin) & (vessel.points < size - margin), axis=1)
-        thick = vessel.tapered >= LESION_MIN_RADIUS * size / REFERENCE_SIZE
-        ok = inside & thick & (u >= LESION_ZONE[0]) & (u <= LESION_ZONE[1])
-        sites += [(k, int(i)) for i in np.flatnonzero(ok)]
-    return sites
+    inside = np.all((trunk.points > margin) & (trunk.points < size - margin), axis=1)
+    wide = trunk.tapered >= LESION_MIN_RADIUS * size / REFERENCE_SIZE
+    return np.flatnonzero(inside & wide & (u >= LESION_ZONE[0]) & (u <= LESION_ZONE[1]))
 
 
-def _add_lesion(rng, vessels: list[_Vessel], sites, size: int) -> tuple[np.ndarray, float]:
-    """Narrow one vessel by a smooth dip (issue 6); returns the lesion centre and depth."""
-    k, centre = sites[rng.integers(len(sites))]
+def _add_lesion(rng, trunk: _Vessel, sites: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """Narrow the trunk by a smooth gaussian dip (issue 6); returns its centre and depth."""
+    centre = sites[rng.integers(len(sites))]
     depth = rng.uniform(*LESION_DEPTH)
     sigma = rng.uniform(*LESION_SIGMA) * size / REFERENCE_SIZE / SAMPLE_SPACING
-    offset = np.arange(len(vessels[k].points)) - centre
-    vessels[k].relative *= 1.0 - depth * np.exp(-0.5 * (offset / sigma) ** 2)
-    return vessels[k].points[centre], depth
+    offset = np.arange(len(trunk.points)) - centre
+    trunk.relative *= 1.0 - depth * np.exp(-0.5 * (offset / sigma) ** 2)
+    return trunk.points[centre], depth
 
 
 def _disc(radius: float) -> np.ndarray:
@@ -246,14 +242,17 @@ def image_seed(seed: int, split: str, stenosis: bool, index: int) -> np.random.S
     return np.random.SeedSequence([seed, SPLITS.index(split), int(stenosis), index])
 
 
-def generate_image(seed: int, split: str, index: int, *, stenosis: bool, size: int = 224) -> DemoImage:
+def generate_image(
+    seed: int, split: str, index: int, *, stenosis: bool, size: int = 224
+) -> DemoImage:
     """Draw image `index` of `split` for the given class; pure function of its arguments."""
     rng = np.random.default_rng(image_seed(seed, split, stenosis, index))
-    # Both classes redraw trees with no visible lesion site, so tree statistics match.
+    # Both classes redraw trees whose trunk has no visible lesion site, so their trees match.
     vessels = _vessel_tree(rng, size)
-    while not (sites := _lesion_sites(vessels, size)):
+    while not len(sites := _lesion_sites(vessels[0], size)):
         vessels = _vessel_tree(rng, size)
-    lesion_xy, lesion_depth = _add_lesion(rng, vessels, sites, size) if stenosis else (None, None)
+    lesion_xy, lesion_depth = (_add_lesion(rng, vessels[0], sites, size) if stenosis
+                               else (None, None))
     optical_depth = _absorption(vessels, size, attenuation=rng.uniform(0.05, 0.08))
     intensity = _background(rng, size) * np.exp(-optical_depth)
     photons = rng.uniform(250, 600)  # quantum noise: Poisson counts per unit intensity
@@ -265,7 +264,8 @@ def generate_image(seed: int, split: str, index: int, *, stenosis: bool, size: i
     return DemoImage(pixels, stenosis, min_relative, xy, lesion_depth)
 
 
-def _check_options(out_dir: Path, size: int, counts: Mapping[str, tuple[int, int]], seed: int) -> None:
+def _check_options(out_dir: Path, size: int, counts: Mapping[str, tuple[int, int]],
+                   seed: int) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"{out_dir}: output folder must not exist or be empty")
     if size < MIN_SIZE:
@@ -273,10 +273,12 @@ def _check_options(out_dir: Path, size: int, counts: Mapping[str, tuple[int, int
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed}")
     if set(counts) != set(SPLITS):
-        raise ValueError(f"counts must name the splits {', '.join(SPLITS)}; got {', '.join(counts)}")
+        raise ValueError(f"counts must name the splits {', '.join(SPLITS)}; "
+                         f"got {', '.join(counts)}")
     for split, pair in counts.items():
         if len(pair) != len(CLASSES) or min(pair) < 1:
-            raise ValueError(f"{split} counts must be two positive integers (normal stenosis); got {pair}")
+            raise ValueError(f"{split} counts must be two positive integers (normal stenosis); "
+                             f"got {pair}")
 
 
 def _write_png(pixels: np.ndarray, path: Path) -> str:
@@ -317,7 +319,8 @@ def make_demo_dataset(
             for label, count in zip(CLASSES, counts[split], strict=True):
                 width = max(4, len(str(count - 1)))
                 for index in range(count):
-                    image = generate_image(seed, split, index, stenosis=label == "stenosis", size=size)
+                    image = generate_image(seed, split, index, stenosis=label == "stenosis",
+                                           size=size)
                     relative = f"{split}/{label}/{split}_{label}_{index:0{width}d}.png"
                     digest = _write_png(image.pixels, staging / relative)
                     record["images"].append({
@@ -331,7 +334,7 @@ def make_demo_dataset(
                     })
                     if on_image is not None:
                         on_image(len(record["images"]), total)
-        (staging / METADATA_FILE).write_text(json.dumps(record, indent=1) + "\n")
+        (staging / METADATA_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(staging, out_dir)
@@ -357,7 +360,8 @@ def main(out: Path, size: int, train, val, test, seed: int, quiet: bool) -> None
     total = sum(sum(pair) for pair in counts.values())
     with click.progressbar(length=total, label="images", hidden=quiet) as bar:
         try:
-            make_demo_dataset(out, size=size, counts=counts, seed=seed, on_image=lambda done, total: bar.update(1))
+            make_demo_dataset(out, size=size, counts=counts, seed=seed,
+                              on_image=lambda done, total: bar.update(1))
         except (ValueError, OSError) as err:
             raise click.ClickException(str(err)) from err
     summary = "; ".join(f"{s}: normal {counts[s][0]}, stenosis {counts[s][1]}" for s in SPLITS)

@@ -173,7 +173,7 @@ def convert_medmnist(
         source = {"source": npz_path.name,
                   "sha256": hashlib.sha256(npz_path.read_bytes()).hexdigest(),
                   "subset": subset, "class_names": names, "counts": counts}
-        (staging / SOURCE_FILE).write_text(json.dumps(source, indent=1) + "\n")
+        (staging / SOURCE_FILE).write_text(json.dumps(source, indent=1) + "\n", encoding="utf-8")
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(staging, out_dir)

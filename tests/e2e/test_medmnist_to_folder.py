@@ -105,8 +105,9 @@ def test_cli_class_names_and_counts(tmp_path):
                                             str(tmp_path / "out"), "--class-names", "neg,pos",
                                             "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == ["train: neg 4, pos 3", "val: neg 2, pos 1",
-                                          "test: neg 2, pos 2", f"wrote 14 images to {tmp_path / 'out'}"]
+    assert result.output.splitlines() == [
+        "train: neg 4, pos 3", "val: neg 2, pos 1", "test: neg 2, pos 2",
+        f"wrote 14 images to {tmp_path / 'out'}"]
     assert sorted(p.name for p in (tmp_path / "out" / "test").iterdir()) == ["neg", "pos"]
 
 
