@@ -6,9 +6,7 @@ Tiny images (48 px) and a dozen files keep the file to a few seconds.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +19,9 @@ SIZE = 48
 COUNTS = {"train": (6, 3), "val": (2, 1), "test": (2, 2)}
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
-demo = _load_tool("make_demo_data")
+import make_demo_data as demo  # noqa: E402  (tools/ is on pytest's pythonpath)
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:

@@ -9,7 +9,6 @@ never downloaded pytorch-fid's weights, so the FID step must skip with its note.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 import os
 import re
@@ -37,15 +36,9 @@ ARGS = ["--size", str(SIZE), "--image-size", str(IMAGE_SIZE), "--epochs", str(EP
         "--quiet"]
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
-run_demo = _load_tool("run_demo")
+import run_demo  # noqa: E402  (tools/ is on pytest's pythonpath)
 
 
 def _run_script(cwd: Path, torch_home: Path) -> subprocess.CompletedProcess:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +14,9 @@ TOOLS = Path(__file__).resolve().parents[2] / "tools"
 SPLIT_SIZES = {"train": 7, "val": 3, "test": 4}
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-tool = _load_tool("medmnist_to_folder")
+import medmnist_to_folder as tool  # noqa: E402  (tools/ is on pytest's pythonpath)
 
 
 def _fake_npz(path: Path, *, n_classes: int = 2, image_shape=(8, 8), flat_labels: bool = False,

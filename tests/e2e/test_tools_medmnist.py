@@ -5,9 +5,7 @@ subprocesses mocked (the converter runs for real on a tiny fake file built here)
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +15,11 @@ from click.testing import CliRunner
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-converter = _load_tool("medmnist_to_folder")  # run_medmnist imports its sibling by name
-tool = _load_tool("run_medmnist")
+import medmnist_to_folder as converter  # noqa: E402  (tools/ is on pytest's pythonpath)
+import run_medmnist as tool  # noqa: E402
+
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 
 
