@@ -76,7 +76,7 @@ def test_predict_progress_goes_to_stderr(trained_run):
     assert quiet.exit_code == verbose.exit_code == 0, verbose.output
     assert verbose.stdout == quiet.stdout
     assert len(list(csv.DictReader(io.StringIO(verbose.stdout)))) == 12
-    assert "predict" in verbose.stderr and "100%" in verbose.stderr
+    assert "predict:" in verbose.stderr  # the bar is on stderr (its last frame depends on timing)
     assert quiet.stderr == ""
 
 
