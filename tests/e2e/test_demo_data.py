@@ -9,19 +9,14 @@ import hashlib
 import json
 from pathlib import Path
 
+import make_demo_data as demo  # tools/ is on pytest's pythonpath (root pyproject.toml)
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
 SIZE = 48
 COUNTS = {"train": (6, 3), "val": (2, 1), "test": (2, 2)}
-
-
-
-
-import make_demo_data as demo  # noqa: E402  (tools/ is on pytest's pythonpath)
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
@@ -158,3 +153,15 @@ def test_cli_has_help():
     assert result.exit_code == 0
     for option in ("--size", "--train", "--val", "--test", "--seed", "--quiet"):
         assert option in result.output
+
+
+def test_learnability_check_runs_on_tiny_data(tmp_path):
+    """Smoke test of tools/check_demo_learnability.py's quick mode (1 epoch, 32 px): it
+    trains, keeps one history row per epoch and scores val and test AUC in [0, 1]."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    check = pytest.importorskip("check_demo_learnability")
+    _make(tmp_path / "demo")
+    result = check.check_learnability(tmp_path / "demo", image_size=32, epochs=1, seed=0)
+    assert [row["epoch"] for row in result["history"]] == [1]
+    assert 0.0 <= result["val_auc"] <= 1.0 and 0.0 <= result["test_auc"] <= 1.0

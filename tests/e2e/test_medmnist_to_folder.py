@@ -5,18 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import medmnist_to_folder as tool  # tools/ is on pytest's pythonpath (root pyproject.toml)
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
 SPLIT_SIZES = {"train": 7, "val": 3, "test": 4}
-
-
-
-
-import medmnist_to_folder as tool  # noqa: E402  (tools/ is on pytest's pythonpath)
 
 
 def _fake_npz(path: Path, *, n_classes: int = 2, image_shape=(8, 8), flat_labels: bool = False,

@@ -87,6 +87,37 @@ def test_matches_pennylane_reference(variant, n_qubits, n_layers):
         torch.testing.assert_close(got, want, atol=ATOL_FLOAT64, rtol=0, msg=name)
 
 
+@pytest.mark.parametrize(("n_qubits", "n_layers"), CIRCUIT_SIZES)
+def test_analytic_backward_matches_autograd_and_finite_differences(monkeypatch, n_qubits,
+                                                                   n_layers):
+    """Reference implementation: the torch backend's hand-written backward (used whenever
+    gradients are recorded) equals autograd through the plain operations that exporters
+    trace, and torch.autograd.gradcheck's finite differences; a zero row included."""
+    import qclassify.quantum as quantum
+
+    layer = make_layer({"backend": "torch"}, n_qubits, n_layers).double()
+    generator = torch.Generator().manual_seed(n_qubits)
+    features = torch.randn(3, 2**n_qubits, dtype=torch.float64, generator=generator)
+    features[1] = 0.0
+    cotangent = torch.randn(3, n_qubits, dtype=torch.float64, generator=generator)
+    analytic = outputs_and_gradients(lambda x, _: layer(x), features, layer.weights, cotangent)
+    assert torch.autograd.gradcheck(layer, (features.clone().requires_grad_(),))
+    monkeypatch.setattr(quantum, "_is_tracing", lambda: True)  # the traced (plain) path
+    traced = outputs_and_gradients(lambda x, _: layer(x), features, layer.weights, cotangent)
+    for name, got, want in zip(("outputs", "input grad", "weight grad"), analytic, traced,
+                               strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0, msg=name)
+
+
+def test_analytic_backward_refuses_double_backward():
+    """Contract: second derivatives are not implemented, and say so (no silent zeros)."""
+    layer = make_layer({"backend": "torch"}, 2, 1).double()
+    features = torch.rand(2, 4, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(features).sum(), features, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        grad.sum().backward()
+
+
 @pytest.mark.parametrize("variant", LAYER_VARIANTS)
 def test_zero_row_is_uniform_state_with_finite_gradients(variant):
     """Analytic oracle: a zero (or numerically zero) row is encoded as the uniform state,

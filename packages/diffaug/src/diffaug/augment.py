@@ -34,7 +34,7 @@ class DiffusionDraw(NamedTuple):
 
     t: int
     gamma: float
-    noise: NDArray[np.float64]
+    noise: NDArray[np.float32]
 
 
 class _Pixels(NamedTuple):
@@ -79,10 +79,14 @@ def _repack(pixels: _Pixels, intensities: np.ndarray, like: ImageT) -> ImageT:
     return Image.frombytes(pixels.mode, like.size, color.tobytes())
 
 
-def _to_unit_range(pixels: _Pixels) -> NDArray[np.float64]:
-    values = pixels.color.astype(np.float64)
+def _to_unit_range(pixels: _Pixels) -> NDArray[np.float32]:
+    """x0 on the [-1, 1] scale, in float32: ample for 8- and 16-bit pixels (24-bit mantissa)
+    and about twice as fast as float64 through eqs. 1 and 4."""
     scale = 1.0 if pixels.max_value is None else pixels.max_value
-    return 2.0 * values / scale - 1.0
+    values = pixels.color.astype(np.float32)
+    values *= np.float32(2.0 / scale)
+    values -= np.float32(1.0)
+    return values
 
 
 class DiffusionAugmentor:
@@ -118,16 +122,19 @@ class DiffusionAugmentor:
         shape = _unpack(image).color.shape
         t = int(self._rng.integers(self.schedule.timesteps))
         gamma = float(self._rng.uniform(*self.brightness))
-        return DiffusionDraw(t, gamma, self._rng.standard_normal(shape))
+        return DiffusionDraw(t, gamma, self._rng.standard_normal(shape, dtype=np.float32))
 
     def transform(self, image: ImageT, *, t: int, gamma: float, noise: ArrayLike) -> ImageT:
         """The deterministic augmentation: eq. 1 at step ``t`` with ``noise``, then eq. 4."""
         pixels = _unpack(image)
+        noise = np.asarray(noise, dtype=np.float32)
         x_t = forward_diffuse(_to_unit_range(pixels), t, noise, self.schedule)
         spatial_sigma = (self.blur_sigma,) * 2 + (0.0,) * (x_t.ndim - 2)
-        blurred = gaussian_filter(x_t, sigma=spatial_sigma)
-        intensities = np.clip((blurred + 1.0) / 2.0 * gamma, 0.0, 1.0)
-        return _repack(pixels, intensities, image)
+        intensities = gaussian_filter(x_t, sigma=spatial_sigma)
+        # (blurred + 1) / 2 * gamma, clipped to [0, 1], in place
+        intensities += np.float32(1.0)
+        intensities *= np.float32(gamma / 2.0)
+        return _repack(pixels, np.clip(intensities, 0.0, 1.0, out=intensities), image)
 
     def __call__(self, image: ImageT) -> ImageT:
         """One synthetic version of ``image`` with freshly drawn t, gamma and noise."""

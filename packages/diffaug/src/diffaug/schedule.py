@@ -54,14 +54,16 @@ class NoiseSchedule:
 
 
 def forward_diffuse(x0: ArrayLike, t: ArrayLike, noise: ArrayLike,
-                    schedule: NoiseSchedule) -> NDArray[np.float64]:
-    """Eq. 1: ``sqrt(abar[t]) * x0 + sqrt(1 - abar[t]) * noise``, in float64.
+                    schedule: NoiseSchedule) -> NDArray[np.floating]:
+    """Eq. 1: ``sqrt(abar[t]) * x0 + sqrt(1 - abar[t]) * noise``.
 
     ``x0`` is on the [-1, 1] scale and ``noise`` has its shape. ``t`` is one integer, or (like
-    diffusers' ``timesteps``) one integer per sample along the first axis of ``x0``.
+    diffusers' ``timesteps``) one integer per sample along the first axis of ``x0``. Computed
+    in float32 when both ``x0`` and ``noise`` are float32 arrays, else in float64.
     """
-    x0 = np.asarray(x0, dtype=np.float64)
-    noise = np.asarray(noise, dtype=np.float64)
+    x0, noise = np.asarray(x0), np.asarray(noise)
+    dtype = np.float32 if x0.dtype == noise.dtype == np.float32 else np.float64
+    x0, noise = x0.astype(dtype, copy=False), noise.astype(dtype, copy=False)
     if noise.shape != x0.shape:
         raise ValueError(f"noise must have the shape of x0 {x0.shape}; got {noise.shape}.")
     t = np.asarray(t)
@@ -72,4 +74,5 @@ def forward_diffuse(x0: ArrayLike, t: ArrayLike, noise: ArrayLike,
     if t.ndim == 1 and (x0.ndim == 0 or t.shape[0] != x0.shape[0]):
         raise ValueError(f"one t per sample needs x0 with {t.shape[0]} rows; got {x0.shape}.")
     alpha_bar = schedule.alphas_cumprod[t].reshape(t.shape + (1,) * (x0.ndim - t.ndim))
-    return np.sqrt(alpha_bar) * x0 + np.sqrt(1.0 - alpha_bar) * noise
+    signal, spread = np.sqrt(alpha_bar).astype(dtype), np.sqrt(1.0 - alpha_bar).astype(dtype)
+    return signal * x0 + spread * noise
