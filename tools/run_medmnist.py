@@ -200,7 +200,7 @@ def _fixed(value: float | None) -> str:
 
 def results_markdown(rows: Sequence[dict], *, npz: Path, subset: str | None,
                      source: dict, compare_summary: dict, settings: Settings,
-                     commands: Sequence[str]) -> str:
+                     commands: Sequence[str], compare_args: Sequence[str] = ()) -> str:
     """The whole medmnist-results.md."""
     name = subset or npz.stem
     positive = compare_summary.get("positive_class")
@@ -209,7 +209,7 @@ def results_markdown(rows: Sequence[dict], *, npz: Path, subset: str | None,
     split_sizes = ", ".join(f"{split} {sum(per_class.values())}"
                             for split, per_class in counts.items())
     setting = (f"this repo, {settings.image_size} px, weights {settings.weights}, "
-               f"epochs ≤ {settings.epochs}")
+               f"epochs ≤ {settings.epochs}" + "".join(f" {arg}" for arg in compare_args))
     task = (f"positive class `{positive}` (the training minority unless --positive named one)"
             if positive is not None else "multi-class: macro averages, one-vs-rest macro AUC")
     baselines = published_baselines(subset)
@@ -314,7 +314,8 @@ def main(npz: Path, out: Path, ratio: str, seed: int, workers: int, image_size: 
         read_results(report / "results.csv"), npz=npz, subset=subset,
         source=json.loads((subset_dir / "data" / SOURCE_FILE).read_text()),
         compare_summary=json.loads((report / "compare.json").read_text()), settings=settings,
-        commands=[display(command) for command in commands.values()])
+        commands=[display(command) for command in commands.values()],
+        compare_args=compare_args)
     atomic_write_bytes(subset_dir / RESULTS_FILE, text.encode("utf-8"))
     click.echo(text + f"\nwrote {subset_dir / RESULTS_FILE}")
 

@@ -47,8 +47,8 @@ def _encode(features: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Ten
     norm = torch.linalg.vector_norm(features, dim=-1, keepdim=True)
     live = norm > eps
     inverse_norm = torch.where(live, norm, math.inf).reciprocal()
-    uniform = torch.full_like(features, features.shape[-1] ** -0.5)
-    return torch.where(live, features * inverse_norm, uniform), inverse_norm
+    uniform_amplitude = features.shape[-1] ** -0.5
+    return torch.where(live, features * inverse_norm, uniform_amplitude), inverse_norm
 
 
 def _initial_weights(n_layers: int, n_qubits: int) -> torch.Tensor:
@@ -110,7 +110,8 @@ def _ry_layer_unitaries(weights: torch.Tensor, codes: list[torch.Tensor],
 
     `codes` are the `_ry_entry_codes` of the `_wire_groups`: each group's Kronecker product
     is one gather and one product (a handful of operations, which is what counts at n = 4);
-    outer products join the groups.
+    outer products join the groups. A single table may list its rows in another order (the
+    CNOT chain's, see `_StateVectorCircuit`); the result's rows follow it.
     """
     entries = torch.cos(torch.add(phases, weights[..., None], alpha=0.5)).flatten(1)
     unitary = None
@@ -128,11 +129,11 @@ def _ry_layer_unitaries(weights: torch.Tensor, codes: list[torch.Tensor],
 
 
 def _generator_index(n_qubits: int) -> torch.Tensor:
-    """(n, 2^n) index into a flattened 2^n×2^n matrix M: entry [q, i] is M[i, i XOR bit q]."""
+    """(n·2^n,) index into a flattened 2^n×2^n matrix M: entry q·2^n + i is M[i, i XOR bit q]."""
     size = 2**n_qubits
     index = torch.arange(size)
     masks = 1 << torch.arange(n_qubits - 1, -1, -1)
-    return index * size + (index[None, :] ^ masks[:, None])
+    return (index * size + (index[None, :] ^ masks[:, None])).flatten()
 
 
 def _propagate(states: torch.Tensor, layers: torch.Tensor) -> list[torch.Tensor]:
@@ -180,7 +181,8 @@ class _AdjointCircuit(torch.autograd.Function):
         for layer in range(len(layers) - 1, -1, -1):
             grad_state = grad_state @ layers[layer]  # ∂E/∂ψ_{l−1} = U_lᵀ ∂E/∂ψ_l (rows: ·U_l)
             outer_products.append(grad_state.T @ history[layer])  # M_l, last layer first
-        paired = torch.stack(outer_products[::-1]).flatten(1)[:, generator_index]  # (L, n, 2^n)
+        stacked = torch.stack(outer_products[::-1]).flatten(1)
+        paired = stacked.index_select(1, generator_index).view(-1, *generator_signs.shape)
         grad_weights = (paired * generator_signs).sum(dim=-1)
         states = history[0]  # eq. 7: x/‖x‖ passes back (g − ψ⟨ψ, g⟩)/‖x‖
         grad_features = (grad_state - states * (states * grad_state).sum(-1, keepdim=True))
@@ -213,25 +215,30 @@ class _StateVectorCircuit(nn.Module):
         n_qubits = initial_weights.shape[1]
         self.weights = nn.Parameter(initial_weights)
         # Weight-independent tables; not persistent, so state dicts match the PennyLane backend.
+        codes = [_ry_entry_codes(wires) for wires in _wire_groups(n_qubits)]
+        permutation = _cnot_chain_permutation(n_qubits)
+        if len(codes) == 1:  # one gather: it can read the rows in CNOT-chain order itself
+            codes, permutation = [codes[0][:, permutation].contiguous()], None
         tables = {
             "ry_phases": torch.tensor(RY_ENTRY_PHASES, dtype=torch.float64),
-            "cnot_permutation": _cnot_chain_permutation(n_qubits),
+            "cnot_permutation": permutation,
             # ⟨Z_q⟩ = Σ_i |ψ_i|² (−1)^{bit_q(i)} (eq. 12).
             "z_signs": 1.0 - 2.0 * _basis_bits(n_qubits).to(initial_weights.dtype),
             "generator_index": _generator_index(n_qubits),
             # −½ z_q(i): ∂E/∂θ_{l,q} = Σ_i generator_signs[q, i] M_l[i, i XOR bit q].
             "generator_signs": -0.5 * (1.0 - 2.0 * _basis_bits(n_qubits).T.to(initial_weights.dtype)),
         }
-        groups = _wire_groups(n_qubits)
-        tables |= {f"ry_codes_{g}": _ry_entry_codes(wires) for g, wires in enumerate(groups)}
+        tables |= {f"ry_codes_{g}": table for g, table in enumerate(codes)}
         for name, table in tables.items():
             self.register_buffer(name, table, persistent=False)
-        self.ry_code_names = [f"ry_codes_{g}" for g in range(len(groups))]
+        self.ry_code_names = [f"ry_codes_{g}" for g in range(len(codes))]
 
     def unitaries(self, weights: torch.Tensor) -> torch.Tensor:
         """(L, 2^n, 2^n) layer unitaries: the CNOT chain after ⊗_q RY (eqs. 9–10)."""
         codes = [getattr(self, name) for name in self.ry_code_names]
         ry = _ry_layer_unitaries(weights, codes, self.ry_phases.to(weights.dtype))
+        if self.cnot_permutation is None:  # already in the gather
+            return ry
         return ry.index_select(1, self.cnot_permutation)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -243,9 +250,10 @@ class _StateVectorCircuit(nn.Module):
 
 
 def _is_tracing() -> bool:
-    """True while TorchScript, dynamo / torch.export or an ONNX exporter records the model."""
+    """True while TorchScript or dynamo / torch.export records the model (the TorchScript-based
+    ONNX exporter traces, the dynamo-based one exports)."""
     return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-            or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
+            or torch.compiler.is_exporting())
 
 
 def _pennylane_circuit(initial_weights: torch.Tensor, device_name: str) -> nn.Module:
