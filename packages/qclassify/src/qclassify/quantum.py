@@ -218,7 +218,9 @@ class _StateVectorCircuit(nn.Module):
     (forward+backward of the layer, one thread, same contended machine): plain autograd over
     pairwise Kronecker products 0.57 ms; one gather-and-product per group of wires 0.49 ms;
     the analytic backward 0.39 ms; encoding inside it, fewer operations 0.34 ms, against
-    6.6–6.9 ms for PennyLane's TorchLayer on default.qubit.
+    6.6–6.9 ms for PennyLane's TorchLayer on default.qubit. On the idle machine, after folding
+    the CNOT order into the gather and dropping `once_differentiable` from the usual backward:
+    0.15–0.22 ms against 5.0–5.4 ms.
     """
 
     def __init__(self, initial_weights: torch.Tensor) -> None:
