@@ -247,6 +247,17 @@ def summary(options: DemoOptions, seconds: dict[str, float], total_seconds: floa
     return "\n".join(lines)
 
 
+def _positive_number(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """Check --lr before any step runs; kept as typed, so the echoed command shows it so."""
+    try:
+        positive = float(value) > 0
+    except ValueError:
+        positive = False
+    if not positive:
+        raise click.BadParameter(f"must be a positive number; got {value!r}")
+    return value
+
+
 def _pair(split: str) -> click.Option:
     return click.option(f"--{split}", split, nargs=2, type=click.IntRange(min=1),
                         default=DEFAULT_COUNTS[split], show_default=True,
@@ -261,7 +272,7 @@ def _pair(split: str) -> click.Option:
               show_default=True, help="Training image size (qclassify --image-size).")
 @click.option("--epochs", type=click.IntRange(min=1), default=DEMO_EPOCHS, show_default=True,
               help="Training epochs per run (qclassify --epochs).")
-@click.option("--lr", default=DEMO_LR, show_default=True,
+@click.option("--lr", default=DEMO_LR, show_default=True, callback=_positive_number,
               help="Adam learning rate (qclassify --lr); from scratch, so above the paper's.")
 @_pair("train")
 @_pair("val")

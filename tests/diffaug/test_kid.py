@@ -39,16 +39,22 @@ def test_polynomial_mmd2_matches_direct_formula() -> None:
     assert polynomial_mmd2(x, y) == pytest.approx(direct_mmd2(x, y), rel=EXACT_RTOL)
 
 
+def redrawn_subset_mmd2(x: np.ndarray, y: np.ndarray, *, num_subsets: int, subset_size: int,
+                        seed: int) -> list[float]:
+    """The documented KID subsets redrawn by hand (x then y, without replacement, per subset)
+    and each scored with the direct formula."""
+    rng = np.random.default_rng(seed)
+    return [direct_mmd2(x[rng.choice(len(x), subset_size, replace=False)],
+                        y[rng.choice(len(y), subset_size, replace=False)])
+            for _ in range(num_subsets)]
+
+
 def test_kid_averages_mmd2_over_seeded_subsets() -> None:
     """Same-seed rederivation: redraw the documented subsets and average the direct formula."""
     rng_data = np.random.default_rng(8)
     x, y = rng_data.standard_normal((15, 4)), rng_data.standard_normal((12, 4)) + 0.3
     kid = kernel_inception_distance(x, y, num_subsets=5, subset_size=10, seed=3)
-    rng = np.random.default_rng(3)
-    values = [
-        direct_mmd2(x[rng.choice(15, 10, replace=False)], y[rng.choice(12, 10, replace=False)])
-        for _ in range(5)
-    ]
+    values = redrawn_subset_mmd2(x, y, num_subsets=5, subset_size=10, seed=3)
     assert kid.mean == pytest.approx(np.mean(values), rel=EXACT_RTOL)
     assert kid.std == pytest.approx(np.std(values), rel=EXACT_RTOL)
     assert kid == kernel_inception_distance(x, y, num_subsets=5, subset_size=10, seed=3)
@@ -79,11 +85,7 @@ def test_kid_rederives_half_set_subsets_for_small_sets() -> None:
     rng_data = np.random.default_rng(13)
     x, y = rng_data.standard_normal((60, 6)), rng_data.standard_normal((45, 6)) + 0.2
     kid = kernel_inception_distance(x, y, num_subsets=7, seed=5)
-    rng = np.random.default_rng(5)
-    values = [
-        direct_mmd2(x[rng.choice(60, 22, replace=False)], y[rng.choice(45, 22, replace=False)])
-        for _ in range(7)
-    ]
+    values = redrawn_subset_mmd2(x, y, num_subsets=7, subset_size=22, seed=5)
     assert kid.mean == pytest.approx(np.mean(values), rel=EXACT_RTOL)
     assert kid.std == pytest.approx(np.std(values), rel=EXACT_RTOL)
 

@@ -125,7 +125,9 @@ class DiffusionAugmentor:
         return DiffusionDraw(t, gamma, self._rng.standard_normal(shape, dtype=np.float32))
 
     def transform(self, image: ImageT, *, t: int, gamma: float, noise: ArrayLike) -> ImageT:
-        """The deterministic augmentation: eq. 1 at step ``t`` with ``noise``, then eq. 4."""
+        """The deterministic augmentation: eq. 1 at step ``t`` with ``noise``, then eq. 4.
+
+        Computed in float32 (``noise`` included), like the draws of :meth:`sample_parameters`."""
         pixels = _unpack(image)
         noise = np.asarray(noise, dtype=np.float32)
         x_t = forward_diffuse(_to_unit_range(pixels), t, noise, self.schedule)

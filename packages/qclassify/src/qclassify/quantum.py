@@ -144,6 +144,16 @@ def _propagate(states: torch.Tensor, layers: torch.Tensor) -> list[torch.Tensor]
     return history
 
 
+def _simulate(circuit: _StateVectorCircuit, features: torch.Tensor, weights: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """⟨Z_q⟩ of the encoded ``features`` (eqs. 7–12), with what the analytic backward needs:
+    (outputs, 1/‖x‖ per row, layer unitaries, [ψ_0, …, ψ_L])."""
+    layers = circuit.unitaries(weights.to(features.dtype))
+    states, inverse_norm = _encode(features, NORM_EPSILON)
+    history = _propagate(states, layers)
+    return history[-1].square() @ circuit.z_signs.to(features.dtype), inverse_norm, layers, history
+
+
 class _AdjointCircuit(torch.autograd.Function):
     """Amplitude encoding and the circuit with a hand-written backward (the adjoint method).
 
@@ -160,17 +170,14 @@ class _AdjointCircuit(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features, weights, circuit):  # noqa: D102
+        outputs, inverse_norm, layers, history = _simulate(circuit, features, weights)
         dtype = features.dtype
-        layers = circuit.unitaries(weights.to(dtype))
-        states, inverse_norm = _encode(features, NORM_EPSILON)
-        history = _propagate(states, layers)
-        z_signs = circuit.z_signs.to(dtype)
         # Only intermediates and constant tables: kept on ctx (save_for_backward is for
         # inputs and outputs, and unpacking saved tensors costs time at this size).
-        ctx.tensors = (inverse_norm, layers, z_signs, circuit.generator_signs.to(dtype),
-                       circuit.generator_index, history)
+        ctx.tensors = (inverse_norm, layers, circuit.z_signs.to(dtype),
+                       circuit.generator_signs.to(dtype), circuit.generator_index, history)
         ctx.weights_dtype = weights.dtype
-        return history[-1].square() @ z_signs
+        return outputs
 
     @staticmethod
     def backward(ctx, grad_outputs):  # noqa: D102
@@ -204,13 +211,13 @@ class _StateVectorCircuit(nn.Module):
     """Exact real state-vector simulation of the circuit; the ``"torch"`` backend.
 
     ``circuit(features) -> ⟨Z_q⟩``: amplitude encoding (eqs. 7–8), then the circuit with the
-    angles in ``weights``. Everything is real (RY and CNOT are real matrices, the encoded state is real), so no
-    complex dtype is needed, which keeps the module exportable to ONNX. Per forward it builds
-    each layer's 2^n×2^n unitary once (the CNOT chain is a row permutation of the RY product)
-    and multiplies the batch of states through the layers; this beat contracting each gate
-    into a (B, 2, …, 2) state by 1.4–3.7× (n = 4 and 8, batch 16 and 256). Multiplying the
-    layer unitaries together first only pays for batches above 2^n, and a batch-size-dependent
-    order would not survive export with a dynamic batch dimension.
+    angles in ``weights``. Everything is real (RY and CNOT are real matrices, the encoded state
+    is real), so no complex dtype is needed, which keeps the module exportable to ONNX. Per
+    forward it builds each layer's 2^n×2^n unitary once (the CNOT chain is a row permutation of
+    the RY product) and multiplies the batch of states through the layers; this beat
+    contracting each gate into a (B, 2, …, 2) state by 1.4–3.7× (n = 4 and 8, batch 16 and
+    256). Multiplying the layer unitaries together first only pays for batches above 2^n, and a
+    batch-size-dependent order would not survive export with a dynamic batch dimension.
 
     While gradients are recorded the forward runs inside `_AdjointCircuit` (analytic
     backward); tracers and exporters see the plain operations, so ONNX, ``torch.export`` and
@@ -230,16 +237,17 @@ class _StateVectorCircuit(nn.Module):
         # Weight-independent tables; not persistent, so state dicts match the PennyLane backend.
         codes = [_ry_entry_codes(wires) for wires in _wire_groups(n_qubits)]
         permutation = _cnot_chain_permutation(n_qubits)
+        z_signs = 1.0 - 2.0 * _basis_bits(n_qubits).to(initial_weights.dtype)
         if len(codes) == 1:  # one gather: it can read the rows in CNOT-chain order itself
             codes, permutation = [codes[0][:, permutation].contiguous()], None
         tables = {
             "ry_phases": torch.tensor(RY_ENTRY_PHASES, dtype=torch.float64),
             "cnot_permutation": permutation,
             # ⟨Z_q⟩ = Σ_i |ψ_i|² (−1)^{bit_q(i)} (eq. 12).
-            "z_signs": 1.0 - 2.0 * _basis_bits(n_qubits).to(initial_weights.dtype),
+            "z_signs": z_signs,
             "generator_index": _generator_index(n_qubits),
             # −½ z_q(i): ∂E/∂θ_{l,q} = Σ_i generator_signs[q, i] M_l[i, i XOR bit q].
-            "generator_signs": -0.5 * (1.0 - 2.0 * _basis_bits(n_qubits).T.to(initial_weights.dtype)),
+            "generator_signs": -0.5 * z_signs.T.contiguous(),
         }
         tables |= {f"ry_codes_{g}": table for g, table in enumerate(codes)}
         for name, table in tables.items():
@@ -257,9 +265,7 @@ class _StateVectorCircuit(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and not _is_tracing():
             return _AdjointCircuit.apply(features, self.weights, self)
-        layers = self.unitaries(self.weights.to(features.dtype))
-        states = _propagate(amplitude_encode(features), layers)[-1]
-        return states.square() @ self.z_signs.to(features.dtype)
+        return _simulate(self, features, self.weights)[0]
 
 
 def _is_tracing() -> bool:
