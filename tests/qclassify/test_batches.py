@@ -1,5 +1,5 @@
-"""Tests of qclassify.batches: the deterministic-kernels context leaves the process as it was.
-Contract tests."""
+"""Tests of qclassify.batches: the deterministic-kernels context leaves the process as it was;
+epoch-keyed loaders and the per-key seeded augmentation of ImageDataset. Contract tests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from qclassify.batches import deterministic_algorithms  # noqa: E402
+from qclassify.batches import deterministic_algorithms, make_loader  # noqa: E402
+from qclassify.images import ImageDataset  # noqa: E402
 
 CUBLAS = "CUBLAS_WORKSPACE_CONFIG"
 
@@ -36,3 +37,46 @@ def test_deterministic_algorithms_keeps_and_restores_a_users_workspace(monkeypat
         os.environ[CUBLAS] = ":0:0"
         raise RuntimeError("boom")
     assert os.environ[CUBLAS] == ":16:8"
+
+
+def test_epoch_keyed_loader_yields_each_index_once_per_epoch_with_its_epoch():
+    """Contract: with epoch_keys the dataset sees (epoch, index) keys, in the same order as the
+    plain shuffling loader's indices; without shuffling the option is refused."""
+
+    class Keys(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, key):
+            return torch.tensor(key)
+
+    keyed = make_loader(Keys(), batch_size=4, shuffle=True, seed=4, epoch_keys=True)
+    plain = make_loader(Keys(), batch_size=4, shuffle=True, seed=4)
+    for epoch in (1, 2):
+        keyed.sampler.set_epoch(epoch)
+        plain.sampler.set_epoch(epoch)
+        keys = torch.cat(list(keyed)).tolist()
+        assert [k[0] for k in keys] == [epoch] * 10
+        assert [k[1] for k in keys] == torch.cat(list(plain)).tolist()
+        assert sorted(k[1] for k in keys) == list(range(10))
+    with pytest.raises(ValueError, match="shuffle"):
+        make_loader(Keys(), batch_size=3, epoch_keys=True)
+
+
+def test_augmentation_depends_on_the_key_only(image_folder):
+    """Same-seed rederivation: an (epoch, index) key gives the same augmented image whatever
+    torch's global generator holds, and leaves that generator untouched; other epochs or
+    seeds give other images; without augmentation a key is just its index."""
+    paths = sorted(image_folder.rglob("*.png"))[:3]
+    augmented = ImageDataset(paths, None, 32, augment_seed=0)
+    first = augmented[(1, 2)][0]
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    torch.testing.assert_close(augmented[(1, 2)][0], first, atol=0, rtol=0)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(augmented[(2, 2)][0], first)
+    assert not torch.equal(ImageDataset(paths, None, 32, augment_seed=1)[(1, 2)][0], first)
+    plain = ImageDataset(paths, None, 32)
+    assert torch.equal(plain[(5, 2)][0], plain[2][0])
+    assert not torch.equal(plain[2][0], first)
+    assert first.shape == plain[2][0].shape == (3, 32, 32)

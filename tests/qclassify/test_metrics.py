@@ -16,11 +16,14 @@ from qclassify.metrics import (
     evaluate_predictions,
     percentile_interval,
     point_metrics,
+    predict_classes,
+    youden_threshold,
 )
 from qclassify.stats import delong_covariance, delong_test, mcnemar_test
 from scipy.stats import binomtest
 from sklearn.metrics import (
     accuracy_score,
+    balanced_accuracy_score,
     confusion_matrix,
     f1_score,
     precision_score,
@@ -45,9 +48,13 @@ def make_predictions(n: int, n_classes: int, *, separation: float = 1.2, seed: i
     return y, proba
 
 
-def sklearn_metrics(y, proba, positive):
-    """Reference: every metric straight from scikit-learn (specificity = recall of negatives)."""
+def sklearn_metrics(y, proba, positive, threshold=None):
+    """Reference: every metric straight from scikit-learn (specificity = recall of negatives);
+    predictions are the argmax, or with `threshold` the positive class where its probability
+    reaches the threshold."""
     pred = proba.argmax(axis=1)
+    if threshold is not None:
+        pred = np.where(proba[:, positive] >= threshold, positive, 1 - positive)
     if positive is None:
         labels = np.arange(proba.shape[1])
         kw = {"labels": labels, "average": "macro", "zero_division": 0}
@@ -77,17 +84,63 @@ def test_point_metrics_match_sklearn(n_classes, positive):
     np.testing.assert_array_equal(ours["confusion_matrix"], confusion_matrix(y, proba.argmax(1)))
 
 
-@pytest.mark.parametrize(("n_classes", "positive"), [(2, 1), (3, None), (3, 0)])
-def test_each_bootstrap_resample_matches_sklearn_on_that_resample(n_classes, positive):
+@pytest.mark.parametrize(("n_classes", "positive", "threshold"),
+                         [(2, 1, None), (3, None, None), (3, 0, None), (2, 1, 0.3), (2, 0, 0.62)])
+def test_each_bootstrap_resample_matches_sklearn_on_that_resample(n_classes, positive,
+                                                                  threshold):
     """Same-seed rederivation + reference: redraw the documented indices, score them with
-    scikit-learn; ties in the scores (rounded) exercise the tie handling of the AUC."""
+    scikit-learn; ties in the scores (rounded) exercise the tie handling of the AUC and of the
+    decision threshold (scores equal to it count as positive)."""
     y, proba = make_predictions(60, n_classes, seed=7, decimals=2)
-    resampled = bootstrap_metrics(y, proba, positive=positive, n_bootstrap=40, seed=3)
+    resampled = bootstrap_metrics(y, proba, positive=positive, n_bootstrap=40, seed=3,
+                                  threshold=threshold)
     indices = np.random.default_rng(3).integers(0, len(y), size=(40, len(y)))
     for b in range(0, 40, 7):
-        reference = sklearn_metrics(y[indices[b]], proba[indices[b]], positive)
+        reference = sklearn_metrics(y[indices[b]], proba[indices[b]], positive, threshold)
         for name in METRIC_NAMES:
             assert resampled[name][b] == pytest.approx(reference[name], abs=1e-9), (name, b)
+
+
+@pytest.mark.parametrize(("positive", "decimals"), [(1, None), (0, None), (1, 2)])
+def test_point_metrics_with_a_threshold_match_sklearn(positive, decimals):
+    """Reference implementation: scikit-learn on the thresholded predictions; the threshold
+    moves the confusion matrix but never the AUC."""
+    y, proba = make_predictions(157, 2, seed=4, decimals=decimals)
+    threshold = float(np.quantile(proba[:, positive], 0.6))
+    ours = point_metrics(y, proba, positive=positive, threshold=threshold)
+    reference = sklearn_metrics(y, proba, positive, threshold)
+    for name in METRIC_NAMES:
+        assert ours[name] == pytest.approx(reference[name], abs=ATOL), name
+    predicted = predict_classes(proba, positive=positive, threshold=threshold)
+    np.testing.assert_array_equal(ours["confusion_matrix"], confusion_matrix(y, predicted))
+    assert not np.array_equal(predicted, proba.argmax(1))
+    assert ours["auc"] == point_metrics(y, proba, positive=positive)["auc"]
+
+
+@pytest.mark.parametrize(("seed", "decimals"), [(0, None), (1, 2), (2, 1)])
+def test_youden_threshold_maximises_balanced_accuracy(seed, decimals):
+    """Exhaustive search as the oracle: among every observed score used as a threshold, the
+    chosen one reaches scikit-learn's highest balanced accuracy (= (J + 1) / 2), and every
+    higher threshold scores lower (ties go to the highest)."""
+    y, proba = make_predictions(90, 2, separation=0.8, seed=seed, decimals=decimals)
+    truth, score = y == 1, proba[:, 1]
+    threshold = youden_threshold(truth, score)
+
+    def balanced(cut):
+        return balanced_accuracy_score(truth, score >= cut)
+
+    best = max(balanced(cut) for cut in np.unique(score))
+    assert threshold in score
+    assert balanced(threshold) == pytest.approx(best, abs=1e-12)
+    assert all(balanced(cut) < best - 1e-12 for cut in np.unique(score) if cut > threshold)
+
+
+def test_threshold_needs_two_classes_and_both_labels():
+    """Validation: one label only, or a threshold on a three-class task, is refused."""
+    with pytest.raises(ValueError, match="both classes"):
+        youden_threshold(np.ones(5, dtype=bool), np.linspace(0, 1, 5))
+    with pytest.raises(ValueError, match="two classes"):
+        predict_classes(np.full((4, 3), 1 / 3), positive=0, threshold=0.5)
 
 
 def test_bootstrap_marks_undefined_auc_as_nan():
@@ -151,6 +204,7 @@ def test_evaluate_predictions_structure_ci_and_determinism(n_classes, positive):
     assert set(result["roc"]) == ({names[positive]} if positive is not None else set(names))
     curve = next(iter(result["roc"].values()))
     assert curve["fpr"][0] == 0 and curve["tpr"][-1] == 1 and curve["thresholds"][0] is None
+    assert result["decision_threshold"] is None
 
 
 @pytest.mark.parametrize("bad", [

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -13,7 +14,8 @@ torch = pytest.importorskip("torch")
 import qclassify.train as train_module  # noqa: E402
 from qclassify.config import TrainConfig, run_is_complete  # noqa: E402
 from qclassify.data import read_split_csv  # noqa: E402
-from qclassify.inference import load_run  # noqa: E402
+from qclassify.inference import evaluate_run, load_run  # noqa: E402
+from qclassify.metrics import youden_threshold  # noqa: E402
 from qclassify.train import HISTORY_COLUMNS, fit  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -56,15 +58,18 @@ def test_fit_writes_the_run_folder(image_folder, tmp_path):
     assert result.train_seconds == pytest.approx(sum(float(r["seconds"]) for r in history))
 
 
-def test_same_seed_same_model_and_history(make_images, tmp_path):
+@pytest.mark.parametrize("augment", [False, True])
+def test_same_seed_same_model_and_history(make_images, tmp_path, augment):
     """Same-seed rederivation: two fits with one seed, one of them loading images in two worker
     processes, give identical weights, split and history (except seconds); another seed gives
     other weights. Four training images in batches of two: each epoch's shuffle decides which
-    pairs the model sees, over two epochs."""
+    pairs the model sees, over two epochs. With --augment the random flips and affine maps
+    are drawn per (seed, epoch, image), so worker processes change nothing either."""
     data = make_images(tmp_path / "data", counts={"normal": 4, "stenosis": 4})
     runs = []
     for name, seed, workers in (("a", 0, 0), ("b", 0, 2), ("c", 1, 0)):
-        config = TrainConfig(seed=seed, num_workers=workers, **{**TINY, "batch_size": 2})
+        config = TrainConfig(seed=seed, num_workers=workers, augment=augment,
+                             **{**TINY, "batch_size": 2})
         fit(data, tmp_path / name, config, progress=False)
         runs.append(tmp_path / name)
     first, same, other = (_state(run) for run in runs)
@@ -175,3 +180,29 @@ def test_bad_options_fail_before_any_file_is_written(image_folder, tmp_path, cha
     with pytest.raises(ValueError, match=message or "CUDA is not available"):
         fit(image_folder, tmp_path / "run", TrainConfig(**{**TINY, **change}), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_youden_threshold_is_tuned_on_the_validation_split(image_folder, tmp_path):
+    """Reference implementation: the checkpoint's decision threshold is youden_threshold of the
+    saved model's validation predictions, recomputed from model.pt and split.csv; evaluate
+    records it and predicts with it; argmax runs store none."""
+    run = tmp_path / "run"
+    fit(image_folder, run, TrainConfig(threshold="youden", **TINY), progress=False)
+    loaded = load_run(run, device="cpu")
+    val = [s for s in read_split_csv(run / "split.csv") if s.split == "val"]
+    proba, _ = loaded.proba([image_folder / s.path for s in val])
+    is_positive = np.array([s.class_name == "stenosis" for s in val])
+    expected = youden_threshold(is_positive, proba[:, 1])
+    assert loaded.positive_class == "stenosis"
+    assert loaded.decision_threshold == pytest.approx(expected, abs=1e-6)
+    metrics = evaluate_run(run, n_bootstrap=0)
+    assert metrics["decision_threshold"] == loaded.decision_threshold
+    with (run / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    predicted = ["stenosis" if float(r["p_stenosis"]) >= expected else "normal" for r in rows]
+    assert [r["predicted_class"] for r in rows] == predicted
+    with pytest.raises(ValueError, match="tuned for positive class 'stenosis'"):
+        evaluate_run(run, n_bootstrap=0, positive="normal")
+    plain = tmp_path / "plain"
+    fit(image_folder, plain, TrainConfig(**TINY), progress=False)
+    assert load_run(plain).decision_threshold is None

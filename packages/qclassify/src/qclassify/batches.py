@@ -27,15 +27,23 @@ def make_loader(
     shuffle: bool = False,
     seed: int = 0,
     device: torch.device | None = None,
+    epoch_keys: bool = False,
 ) -> DataLoader:
     """A DataLoader whose order depends only on `seed` (and, when shuffling, on the epoch set
-    with ``loader.sampler.set_epoch(epoch)``), whatever `num_workers` is."""
+    with ``loader.sampler.set_epoch(epoch)``), whatever `num_workers` is.
+
+    With `epoch_keys` (shuffling loaders only), `dataset` is indexed by ``(epoch, index)``
+    instead of ``index``, so per-epoch random augmentation can be seeded by the key.
+    """
+    if epoch_keys and not shuffle:
+        raise ValueError("epoch_keys needs shuffle=True (the epoch comes from the sampler)")
     # Shuffling by DistributedSampler with a single replica: its order is a pure function of
     # (seed, epoch). A sampler drawing from a running generator would depend on how often the
     # loader is iterated: a multi-worker iterator prefetches (draws an order) as soon as it is
     # created, and tqdm.auto calls iter() on its iterable twice.
+    sampler_type = _EpochKeySampler if epoch_keys else DistributedSampler
     sampler = (
-        DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+        sampler_type(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
         if shuffle else None
     )
     # BatchNorm cannot train on a batch of one image; drop a lone last image (shuffled, so a
@@ -77,6 +85,13 @@ def predict_logits(
         logits.append(output.float().cpu())
         labels.append(torch.as_tensor(batch_labels))
     return torch.cat(logits), torch.cat(labels), forward_seconds
+
+
+class _EpochKeySampler(DistributedSampler):
+    """DistributedSampler's order, each index yielded as ``(epoch, index)``."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, index) for index in super().__iter__())
 
 
 def _seed_worker(worker_id: int) -> None:

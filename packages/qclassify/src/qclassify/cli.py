@@ -21,7 +21,7 @@ import click
 
 from qclassify import train
 from qclassify.compare import compare as compare_runs
-from qclassify.config import TrainConfig
+from qclassify.config import THRESHOLD_RULES, TrainConfig
 from qclassify.inference import evaluate_run, predict_paths
 from qclassify.metrics import METRIC_NAMES
 from qclassify.models import MODEL_NAMES, resolve_device
@@ -127,6 +127,14 @@ training_options = _compose(
                  help="imagenet (torchvision, downloaded once), none (from scratch), or the "
                       "PATH of a state dict of the WHOLE model (same --model and classes, "
                       "e.g. an earlier run's model.pt); a backbone-only state dict is refused."),
+    click.option("--augment/--no-augment", default=_DEFAULTS.augment, show_default=True,
+                 help="Randomly flip (left-right), rotate (±10°), shift (5 %) and scale "
+                      "(0.9-1.1) each training image every epoch, seeded by --seed."),
+    click.option("--threshold", type=click.Choice(THRESHOLD_RULES), default=_DEFAULTS.threshold,
+                 show_default=True,
+                 help="How two-class predictions are made: argmax, or youden = predict the "
+                      "positive class when its probability reaches the threshold that "
+                      "maximises sensitivity + specificity on the validation split."),
     seed_option,
     device_option,
     click.option("--num-workers", type=click.IntRange(min=0), default=_DEFAULTS.num_workers,

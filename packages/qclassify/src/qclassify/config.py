@@ -16,12 +16,15 @@ from qclassify.data import SPLITS, DatasetSplit
 from qclassify.models import MODEL_NAMES, check_image_size, count_parameters
 from qclassify.runfolder import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, read_json
 
-__all__ = ["DEFAULT_Q_DEVICE", "PLACEMENT_OPTIONS", "TrainConfig", "run_info", "run_is_complete"]
+__all__ = ["DEFAULT_Q_DEVICE", "PLACEMENT_OPTIONS", "THRESHOLD_RULES", "TrainConfig", "run_info", "run_is_complete"]
 
 # Options that decide where a run is computed, not what it computes: a finished run is reused
 # whatever they were.
 PLACEMENT_OPTIONS = ("device", "num_workers")
 DEFAULT_Q_DEVICE = "default.qubit"
+# How a model turns probabilities into a class: argmax, or (two classes) the validation split's
+# Youden-optimal threshold on the positive-class probability.
+THRESHOLD_RULES = ("argmax", "youden")
 _VERSIONED_PACKAGES = ("qclassify", "torch", "torchvision", "pennylane", "numpy", "scikit-learn")
 
 
@@ -42,6 +45,8 @@ class TrainConfig:
     image_size: int = 224
     weights: str = "imagenet"
     seed: int = 0
+    augment: bool = False  # random flips and small affine maps of training images
+    threshold: str = "argmax"  # or "youden": a decision threshold tuned on validation
     device: str = "auto"
     num_workers: int = 0
     val_fraction: float = 0.15
@@ -58,6 +63,9 @@ class TrainConfig:
             raise ValueError("--num-workers must be 0 or more")
         if not (self.lr > 0 and self.weight_decay >= 0):
             raise ValueError("--lr must be positive and --weight-decay non-negative")
+        if self.threshold not in THRESHOLD_RULES:
+            raise ValueError(f"--threshold must be one of {', '.join(THRESHOLD_RULES)}; "
+                             f"got {self.threshold!r}")
         if not self.q_device:
             raise ValueError("--q-device must name a PennyLane device, e.g. default.qubit")
         check_image_size(self.image_size)

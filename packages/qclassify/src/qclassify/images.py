@@ -78,19 +78,23 @@ def read_image(path: str | Path) -> torch.Tensor:
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
-def make_preprocess(image_size: int) -> v2.Compose:
+def make_preprocess(image_size: int, *, augment: bool = False) -> v2.Compose:
     """The input transform of every model: resize to a square, 3 channels, ImageNet statistics.
 
     Grayscale images are repeated to three channels (section 2.3.1: "grayscale converted to
     RGB") after resizing, which gives the same result as before and costs a third as much.
+    With `augment` (training only), a random horizontal flip and a small random affine map
+    (rotation within ±10°, shift within 5 %, scale 0.9-1.1, black fill) follow the resize: the
+    label-preserving changes a probe's position and angle make.
     """
-    return v2.Compose(
-        [
-            v2.Resize((image_size, image_size), antialias=True),
-            v2.RGB(),
-            v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    steps: list[v2.Transform] = [v2.Resize((image_size, image_size), antialias=True)]
+    if augment:
+        steps += [
+            v2.RandomHorizontalFlip(),
+            v2.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.9, 1.1)),
         ]
-    )
+    steps += [v2.RGB(), v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)]
+    return v2.Compose(steps)
 
 
 def list_images(folder: str | Path, *, recursive: bool = False) -> list[Path]:
@@ -130,19 +134,38 @@ def find_unreadable(paths: Sequence[str | Path], *, progress: bool = False) -> d
 
 
 class ImageDataset(Dataset):
-    """(image tensor, label) pairs for a list of files; label -1 when there is none."""
+    """(image tensor, label) pairs for a list of files; label -1 when there is none.
+
+    With `augment_seed`, every image is randomly augmented (see `make_preprocess`) and the
+    dataset is indexed by ``(epoch, index)`` keys (`qclassify.batches.make_loader` with
+    ``epoch_keys=True``): the augmentation of an image is drawn from a generator seeded by
+    (augment_seed, epoch, index) alone, so it is the same whatever the number of loader
+    workers and whatever else drew from torch's global generator.
+    """
 
     def __init__(
-        self, paths: Sequence[str | Path], labels: Sequence[int] | None, image_size: int
+        self, paths: Sequence[str | Path], labels: Sequence[int] | None, image_size: int,
+        *, augment_seed: int | None = None,
     ) -> None:
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = [Path(path) for path in paths]
         self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
-        self.preprocess = make_preprocess(image_size)
+        self.augment_seed = augment_seed
+        self.preprocess = make_preprocess(image_size, augment=augment_seed is not None)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.preprocess(read_image(self.paths[index])), self.labels[index]
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        if self.augment_seed is None:
+            index = key[1] if isinstance(key, tuple) else key
+            return self.preprocess(read_image(self.paths[index])), self.labels[index]
+        epoch, index = key
+        image = read_image(self.paths[index])
+        seed = np.random.SeedSequence([self.augment_seed, epoch, index]).generate_state(1)[0]
+        # torchvision's random transforms draw from torch's global generator: fork it so the
+        # draw depends on the key only and leaves the caller's generator where it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return self.preprocess(image), self.labels[index]

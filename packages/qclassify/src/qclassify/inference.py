@@ -16,7 +16,7 @@ from qclassify.batches import make_loader, predict_logits
 from qclassify.config import DEFAULT_Q_DEVICE
 from qclassify.data import read_split_csv
 from qclassify.images import ImageDataset, find_unreadable, list_images
-from qclassify.metrics import evaluate_predictions
+from qclassify.metrics import evaluate_predictions, predict_classes
 from qclassify.models import build_model, count_parameters, resolve_device
 from qclassify.report import plot_confusion_matrix, plot_roc
 from qclassify.runfolder import (
@@ -50,6 +50,7 @@ class LoadedRun:
     class_names: list[str]
     image_size: int
     positive_class: str | None
+    decision_threshold: float | None  # on the positive-class probability; None: argmax
     device: torch.device
     config: dict  # config.json; empty when the folder has none
 
@@ -59,6 +60,12 @@ class LoadedRun:
         """Class probabilities (N, C) of image files, and the model's forward seconds."""
         return predict_proba(self.model, paths, image_size=self.image_size,
                              batch_size=batch_size, device=self.device, progress=progress)
+
+    def predicted_classes(self, proba: np.ndarray) -> np.ndarray:
+        """Class indices of probability rows, by the run's decision rule."""
+        positive = (None if self.decision_threshold is None
+                    else self.class_names.index(self.positive_class))
+        return predict_classes(proba, positive=positive, threshold=self.decision_threshold)
 
 
 def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
@@ -98,6 +105,7 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
         class_names=class_names,
         image_size=int(checkpoint["image_size"]),
         positive_class=checkpoint.get("positive_class"),
+        decision_threshold=checkpoint.get("decision_threshold"),
         device=resolved,
         config=read_json(config_path) if config_path.is_file() else {},
     )
@@ -168,7 +176,8 @@ def evaluate_run(
     proba, forward_seconds = run.proba([data_dir / s.path for s in test],
                                        batch_size=batch_size, progress=progress)
     metrics = evaluate_predictions(labels, proba, run.class_names, positive=positive_index,
-                                   n_bootstrap=n_bootstrap, seed=seed)
+                                   n_bootstrap=n_bootstrap, seed=seed,
+                                   threshold=_threshold(run, positive_index))
     metrics.update(
         model=run.model_name,
         inference_ms_per_image=1000 * forward_seconds / len(test),
@@ -220,10 +229,11 @@ def predict_paths(
     if not files:
         raise ValueError(f"no readable images among {', '.join(str(p) for p in paths)}")
     proba, _ = run.proba(files, batch_size=batch_size, progress=progress)
+    predicted = run.predicted_classes(proba)
     return [
-        {"path": str(path), "predicted_class": run.class_names[int(np.argmax(row))],
+        {"path": str(path), "predicted_class": run.class_names[k],
          **_probability_columns(run.class_names, row)}
-        for path, row in zip(files, proba, strict=True)
+        for path, k, row in zip(files, predicted, proba, strict=True)
     ]
 
 
@@ -266,6 +276,17 @@ def _positive_index(positive: str | None, run: LoadedRun) -> int | None:
     return run.class_names.index(name)
 
 
+def _threshold(run: LoadedRun, positive_index: int | None) -> float | None:
+    """The run's decision threshold; refused with another positive class than it was tuned
+    for (a threshold on one class's probability is meaningless for the other)."""
+    if run.decision_threshold is None:
+        return None
+    if positive_index is None or run.class_names[positive_index] != run.positive_class:
+        raise ValueError(f"this run predicts with a decision threshold tuned for positive class "
+                         f"{run.positive_class!r}; evaluate it with that positive class")
+    return run.decision_threshold
+
+
 def _train_seconds(run_dir: Path) -> float | None:
     history = run_dir / HISTORY_FILE
     if not history.is_file():
@@ -278,8 +299,8 @@ def _write_predictions(run: LoadedRun, test, labels: np.ndarray, proba: np.ndarr
     columns = ["path", "true_class", "predicted_class", *(f"p_{c}" for c in run.class_names)]
     rows = (
         {"path": sample.path, "true_class": run.class_names[label],
-         "predicted_class": run.class_names[int(np.argmax(row))],
-         **_probability_columns(run.class_names, row)}
-        for sample, label, row in zip(test, labels, proba, strict=True)
+         "predicted_class": run.class_names[k], **_probability_columns(run.class_names, row)}
+        for sample, label, k, row in zip(test, labels, run.predicted_classes(proba), proba,
+                                         strict=True)
     )
     write_csv(run.run_dir / PREDICTIONS_FILE, columns, rows)

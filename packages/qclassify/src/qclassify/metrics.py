@@ -8,7 +8,9 @@ Two averaging modes, chosen by `positive`:
 * ``positive=None`` (macro): every metric is the unweighted mean over classes of its
   one-vs-rest value; AUC is scikit-learn's one-vs-rest macro AUC.
 
-Accuracy is always the fraction of correct argmax predictions. Point values come from
+Predicted classes are the argmax of the probabilities, or, in the binary view with a
+`threshold` (a decision threshold tuned on validation data, see `youden_threshold`), the
+positive class exactly when its probability is at least the threshold. Point values come from
 scikit-learn (specificity from its confusion matrix). The bootstrap recomputes the same
 metrics on every resample from per-resample confusion counts and rank counts in numpy, because
 500 calls of the scikit-learn functions would take seconds; tests check both agree resample by
@@ -36,7 +38,9 @@ __all__ = [
     "evaluate_predictions",
     "percentile_interval",
     "point_metrics",
+    "predict_classes",
     "validate_predictions",
+    "youden_threshold",
 ]
 
 METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
@@ -68,15 +72,49 @@ def validate_predictions(
     return y.astype(np.int64), p
 
 
-def point_metrics(y_true: np.ndarray, proba: np.ndarray, *, positive: int | None) -> dict:
+def predict_classes(
+    proba: np.ndarray, *, positive: int | None = None, threshold: float | None = None
+) -> np.ndarray:
+    """Predicted class indices: argmax, or with `threshold` (two classes, `positive` given)
+    `positive` where ``proba[:, positive] >= threshold`` and the other class elsewhere."""
+    p = np.asarray(proba)
+    if threshold is None:
+        return p.argmax(axis=1)
+    if positive is None or p.shape[1] != 2:
+        raise ValueError("a decision threshold needs two classes and a positive class")
+    return np.where(p[:, positive] >= threshold, positive, 1 - positive)
+
+
+def youden_threshold(is_positive: np.ndarray, score: np.ndarray) -> float:
+    """The score threshold that maximises Youden's J = sensitivity + specificity - 1 (the
+    balanced accuracy's optimum) over scikit-learn's ROC curve; ties go to the highest
+    threshold. Predict positive where ``score >= threshold``.
+
+    Raises:
+        ValueError: `is_positive` holds a single class (no ROC curve).
+    """
+    truth = np.asarray(is_positive, dtype=bool)
+    if truth.all() or not truth.any():
+        raise ValueError("choosing a decision threshold needs both classes among the labels")
+    fpr, tpr, thresholds = roc_curve(truth, score)
+    best = int(np.argmax(tpr - fpr))  # first maximum: the highest threshold among ties
+    # thresholds[0] is +inf (nothing positive), J = 0 there; any J > 0 beats it.
+    return float(thresholds[best])
+
+
+def point_metrics(
+    y_true: np.ndarray, proba: np.ndarray, *, positive: int | None,
+    threshold: float | None = None,
+) -> dict:
     """The six metrics on the whole test set, computed with scikit-learn.
 
     Returns ``{name: float}`` for `METRIC_NAMES` (AUC is NaN when the test set holds a single
     class) plus ``"confusion_matrix"`` (rows = true class, columns = predicted class).
+    Classes are predicted by `predict_classes` with `threshold`.
     """
     y, p = validate_predictions(y_true, proba, positive=positive)
     labels = np.arange(p.shape[1])
-    y_pred = p.argmax(axis=1)
+    y_pred = predict_classes(p, positive=positive, threshold=threshold)
     cm = confusion_matrix(y, y_pred, labels=labels)
     if positive is None:
         precision, recall, f1, _ = precision_recall_fscore_support(
@@ -112,6 +150,7 @@ def bootstrap_metrics(
     positive: int | None,
     n_bootstrap: int = 500,
     seed: int = 0,
+    threshold: float | None = None,
 ) -> dict[str, np.ndarray]:
     """The six metrics on `n_bootstrap` resamples (test indices drawn with replacement).
 
@@ -124,7 +163,7 @@ def bootstrap_metrics(
         raise ValueError(f"n_bootstrap must be >= 0; got {n_bootstrap}")
     n, n_classes = p.shape
     indices = np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
-    y_pred = p.argmax(axis=1)
+    y_pred = predict_classes(p, positive=positive, threshold=threshold)
     flat = (np.arange(n_bootstrap)[:, None] * n_classes + y[indices]) * n_classes + y_pred[indices]
     cm = np.bincount(flat.ravel(), minlength=n_bootstrap * n_classes**2)
     cm = cm.reshape(n_bootstrap, n_classes, n_classes)
@@ -169,20 +208,23 @@ def evaluate_predictions(
     positive: int | None,
     n_bootstrap: int = 500,
     seed: int = 0,
+    threshold: float | None = None,
 ) -> dict:
     """The ``metrics.json`` structure of DESIGN.md for one model's test-set predictions.
 
     ``{"accuracy": {"value": v, "ci95": [lo, hi]}, ... (the six METRIC_NAMES) ...,
     "confusion_matrix": [[...]], "n_test": N, "positive_class": name or None,
     "class_names": [...], "averaging": "binary" | "macro", "n_bootstrap": B,
-    "bootstrap_seed": seed, "roc": {class name: {"fpr": [...], "tpr": [...], "thresholds":
+    "bootstrap_seed": seed, "decision_threshold": threshold (None: argmax), "roc": {class name:
+    {"fpr": [...], "tpr": [...], "thresholds":
     [...]}}}`` with plain floats and lists only (undefined values are None). ``roc`` holds the
     positive class's curve in the binary view and every class's one-vs-rest curve in the macro
     view; the first threshold, above every score, is None.
     """
     y, p = validate_predictions(y_true, proba, positive=positive, n_classes=len(class_names))
-    point = point_metrics(y, p, positive=positive)
-    resampled = bootstrap_metrics(y, p, positive=positive, n_bootstrap=n_bootstrap, seed=seed)
+    point = point_metrics(y, p, positive=positive, threshold=threshold)
+    resampled = bootstrap_metrics(y, p, positive=positive, n_bootstrap=n_bootstrap, seed=seed,
+                                  threshold=threshold)
     result: dict = {
         name: {
             "value": _json_float(point[name]),
@@ -199,6 +241,7 @@ def evaluate_predictions(
         averaging="macro" if positive is None else "binary",
         n_bootstrap=n_bootstrap,
         bootstrap_seed=seed,
+        decision_threshold=threshold,
         roc={class_names[k]: _roc_points(y == k, p[:, k]) for k in curve_classes},
     )
     return result

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from qclassify import report
-from qclassify.metrics import METRIC_NAMES, bootstrap_metrics
+from qclassify.metrics import METRIC_NAMES, bootstrap_metrics, predict_classes
 from qclassify.runfolder import HISTORY_FILE, atomic_write, write_csv, write_json
 from qclassify.stats import delong_test, mcnemar_test
 
@@ -135,7 +135,7 @@ def _paired_p_values(outcome: RunOutcome, reference: RunOutcome,
     if outcome is reference:
         return None, None
     y = outcome.y_true
-    mcnemar = mcnemar_test(y, reference.proba.argmax(axis=1), outcome.proba.argmax(axis=1))
+    mcnemar = mcnemar_test(y, _predicted(reference, positive), _predicted(outcome, positive))
     delong = None
     if positive is not None:  # DeLong compares two binary AUCs; macro AUCs have no such test
         try:
@@ -144,6 +144,12 @@ def _paired_p_values(outcome: RunOutcome, reference: RunOutcome,
         except ValueError as err:
             warnings.warn(f"no DeLong test for {outcome.label}: {err}", stacklevel=3)
     return delong, mcnemar.p_value
+
+
+def _predicted(outcome: RunOutcome, positive: int | None) -> np.ndarray:
+    """The run's predicted classes, by the decision rule its metrics.json records."""
+    threshold = outcome.metrics.get("decision_threshold")
+    return predict_classes(outcome.proba, positive=positive, threshold=threshold)
 
 
 def _figures(report_dir: Path, outcomes: Sequence[RunOutcome], positive: int | None,
@@ -170,7 +176,9 @@ def _figures(report_dir: Path, outcomes: Sequence[RunOutcome], positive: int | N
     if n_bootstrap > 0:
         drawn["bootstrap_violins"] = lambda: report.plot_bootstrap_violins(
             {o.label: bootstrap_metrics(o.y_true, o.proba, positive=positive,
-                                        n_bootstrap=n_bootstrap, seed=seed) for o in outcomes},
+                                        n_bootstrap=n_bootstrap, seed=seed,
+                                        threshold=o.metrics.get("decision_threshold"))
+             for o in outcomes},
             path["bootstrap_violins"], colors=colors)
     if len(outcomes) > 1:
         drawn["relative_improvement"] = lambda: report.plot_relative_improvement(

@@ -24,6 +24,7 @@ from qclassify.batches import deterministic_algorithms, make_loader, predict_log
 from qclassify.config import TrainConfig, run_info
 from qclassify.data import SPLIT_COLUMNS, discover_dataset, split_csv_rows
 from qclassify.images import ImageDataset
+from qclassify.metrics import youden_threshold
 from qclassify.models import build_model, resolve_device
 from qclassify.runfolder import (
     CONFIG_FILE,
@@ -117,6 +118,9 @@ def fit(
         data_dir, seed=config.seed, val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
     )
+    if config.threshold != "argmax" and len(dataset.class_names) != 2:
+        raise ValueError(f"--threshold {config.threshold} needs a two-class task; "
+                         f"{data_dir} has {len(dataset.class_names)} classes")
     torch.manual_seed(config.seed)  # model initialisation draws from torch's global generator
     model = build_model(
         config.model, len(dataset.class_names), weights=config.weights,
@@ -129,8 +133,8 @@ def fit(
     write_csv(run_dir / SPLIT_FILE, SPLIT_COLUMNS, split_csv_rows(dataset))
 
     with deterministic_algorithms():
-        history, best_epoch, best_state = _train(model, dataset, config, device, run_dir,
-                                                 progress, on_epoch)
+        history, best_epoch, best_state, val_outputs = _train(model, dataset, config, device,
+                                                              run_dir, progress, on_epoch)
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "model": config.model,
@@ -141,6 +145,7 @@ def fit(
         "q_device": config.q_device,
         "image_size": config.image_size,
         "positive_class": info["positive_class"],
+        "decision_threshold": _decision_threshold(config, info, val_outputs),
         "best_epoch": best_epoch,
         "state_dict": best_state,
     }
@@ -158,19 +163,22 @@ def fit(
 
 
 def _train(model, dataset, config, device, run_dir, progress, on_epoch):
-    def loader(split: str, shuffle: bool) -> DataLoader:
+    def loader(split: str, train: bool) -> DataLoader:
         samples = dataset.subset(split)
-        images = ImageDataset(dataset.paths(samples), dataset.labels(samples), config.image_size)
+        augment_seed = config.seed if train and config.augment else None
+        images = ImageDataset(dataset.paths(samples), dataset.labels(samples), config.image_size,
+                              augment_seed=augment_seed)
         return make_loader(images, batch_size=config.batch_size, num_workers=config.num_workers,
-                           shuffle=shuffle, seed=config.seed, device=device)
+                           shuffle=train, seed=config.seed, device=device,
+                           epoch_keys=augment_seed is not None)
 
-    train_loader, val_loader = loader("train", shuffle=True), loader("val", shuffle=False)
+    train_loader, val_loader = loader("train", train=True), loader("val", train=False)
     model.to(device)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay
     )
     history: list[EpochRecord] = []
-    best_epoch, best_loss, best_state = 0, math.inf, None
+    best_epoch, best_loss, best_state, best_val = 0, math.inf, None, None
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         train_loader.sampler.set_epoch(epoch)
@@ -192,14 +200,29 @@ def _train(model, dataset, config, device, run_dir, progress, on_epoch):
         if on_epoch is not None:
             on_epoch(record)
         if val_loss < best_loss:
-            best_epoch, best_loss = epoch, val_loss
+            best_epoch, best_loss, best_val = epoch, val_loss, (labels.numpy(), proba)
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         elif epoch - best_epoch >= config.patience:
             break
     if best_state is None:  # every validation loss was NaN: keep the last weights
-        best_epoch = len(history)
+        best_epoch, best_val = len(history), (labels.numpy(), proba)
         best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return history, best_epoch, best_state
+    return history, best_epoch, best_state, best_val
+
+
+def _decision_threshold(
+    config: TrainConfig, info: dict, val_outputs: tuple[np.ndarray, np.ndarray]
+) -> float | None:
+    """None (argmax) or, for ``--threshold youden``, the positive-class probability that
+    maximises Youden's J on the validation split, from the best epoch's predictions."""
+    if config.threshold == "argmax":
+        return None
+    labels, proba = val_outputs
+    positive = info["class_names"].index(info["positive_class"])
+    try:
+        return youden_threshold(labels == positive, proba[:, positive])
+    except ValueError as err:
+        raise ValueError(f"--threshold {config.threshold}: {err}") from err
 
 
 def _train_epoch(model, loader, optimizer, device, *, progress: bool, desc: str) -> float:
