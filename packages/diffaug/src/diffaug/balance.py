@@ -75,12 +75,20 @@ class BalanceReport:
 
 
 @dataclass(frozen=True)
-class _Job:
-    """One synthetic image to write."""
+class _Variant:
+    """One synthetic image to write: its manifest row's index, its path and its seed."""
 
-    source: Path
+    row: int
     target: Path
     seed: int
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Every synthetic image of one source: the source is decoded once for all of them."""
+
+    source: Path
+    variants: tuple[_Variant, ...]
 
 
 def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | str | Decimal,
@@ -153,13 +161,14 @@ def _process_map(workers: int) -> Iterator[Callable[..., Iterable[Any]]]:
 
 
 def _write_output(in_dir: Path, out_dir: Path, inputs: InputFolder, record: dict[str, Any],
-                  rows: list[ManifestRow], synthesize: Callable[[_Job], tuple[int, float, str]],
+                  rows: list[ManifestRow],
+                  synthesize: Callable[[_Job], list[tuple[int, float, str]]],
                   jobs: list[_Job], parallel_map: Callable[..., Iterable[Any]],
                   progress: Callable[[int, int], None]) -> tuple[int, int]:
     """Run record first, then originals, synthetic images and the manifest (last)."""
     originals = inputs.dataset_files + [path for classes in inputs.images.values()
                                         for files in classes.values() for path in files]
-    total = len(originals) + len(jobs)
+    total = len(originals) + len(rows)
     progress(0, total)
     for split, classes in inputs.images.items():
         for name in classes:  # empty val/test class folders are mirrored too
@@ -168,10 +177,11 @@ def _write_output(in_dir: Path, out_dir: Path, inputs: InputFolder, record: dict
     for _ in parallel_map(atomic_copy, [in_dir / path for path in originals],
                           [out_dir / path for path in originals]):
         progress(1, total)
-    done_rows = []
-    for row, (t, gamma, digest) in zip(rows, parallel_map(synthesize, jobs), strict=True):
-        done_rows.append(row._replace(t=t, gamma=gamma, sha256=digest))
-        progress(1, total)
+    done_rows = list(rows)
+    for job, outcomes in zip(jobs, parallel_map(synthesize, jobs), strict=True):
+        for variant, (t, gamma, digest) in zip(job.variants, outcomes, strict=True):
+            done_rows[variant.row] = rows[variant.row]._replace(t=t, gamma=gamma, sha256=digest)
+        progress(len(outcomes), total)
     write_manifest(out_dir / MANIFEST_NAME, done_rows)
     return len(originals), len(done_rows)
 
@@ -189,8 +199,10 @@ def _check_folders(in_dir: Path, out_dir: Path) -> None:
 
 def _plan_rows(in_dir: Path, out_dir: Path, inputs: InputFolder, synthesis: dict[str, int],
                seed: int) -> tuple[list[ManifestRow], list[_Job]]:
-    """Manifest rows (t, gamma, sha256 still to fill) and jobs, in a fixed order."""
-    rows, jobs = [], []
+    """Manifest rows (t, gamma, sha256 still to fill) and jobs, in a fixed order: one job per
+    source (sources are drawn with replacement, so most are used several times)."""
+    rows: list[ManifestRow] = []
+    variants: dict[Path, list[_Variant]] = {}
     split = inputs.balanced_split
     for class_index, (name, files) in enumerate(sorted(inputs.images[split].items())):
         sources = inputs.sources[name]
@@ -206,20 +218,25 @@ def _plan_rows(in_dir: Path, out_dir: Path, inputs: InputFolder, synthesis: dict
             if target.name in names_taken:
                 raise BalanceInputError(f"{in_dir / target} would be overwritten by a synthetic "
                                         "image of the same name; rename it.")
+            variants.setdefault(in_dir / source, []).append(
+                _Variant(len(rows), out_dir / target, sample.seed))
             rows.append(ManifestRow(target.as_posix(), source.as_posix(), name, split, -1, 0.0,
                                     sample.seed, ""))
-            jobs.append(_Job(in_dir / source, out_dir / target, sample.seed))
-    return rows, jobs
+    return rows, [_Job(source, tuple(group)) for source, group in variants.items()]
 
 
-def _synthesize(settings: dict[str, Any], job: _Job) -> tuple[int, float, str]:
-    """Write one synthetic image (eqs. 1 and 4) from its own seed; returns t, gamma, sha256."""
-    augmentor = DiffusionAugmentor(**settings, seed=job.seed)
+def _synthesize(settings: dict[str, Any], job: _Job) -> list[tuple[int, float, str]]:
+    """Write the synthetic images (eqs. 1 and 4) of one source, each from its own seed;
+    returns (t, gamma, sha256) of each."""
     image = read_image(job.source)
-    draw = augmentor.sample_parameters(image)
-    data = encode_png(augmentor.transform(image, **draw._asdict()))
-    atomic_write_bytes(job.target, data)
-    return draw.t, draw.gamma, sha256_hex(data)
+    outcomes = []
+    for variant in job.variants:
+        augmentor = DiffusionAugmentor(**settings, seed=variant.seed)
+        draw = augmentor.sample_parameters(image)
+        data = encode_png(augmentor.transform(image, **draw._asdict()))
+        atomic_write_bytes(variant.target, data)
+        outcomes.append((draw.t, draw.gamma, sha256_hex(data)))
+    return outcomes
 
 
 def _run_record(in_dir: Path, inputs: InputFolder, counts: dict[str, dict[str, int]],
