@@ -75,3 +75,15 @@ def split_folders(tmp_path: Path) -> Path:
     write_class_folders(root / "val", {"normal": 2, "stenosis": 1}, seed=2)
     write_class_folders(root / "test", {"normal": 2, "stenosis": 1}, seed=3)
     return root
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One diffaug cache folder for the whole session (exports are reused between tests)."""
+    return tmp_path_factory.mktemp("diffaug-cache")
+
+
+@pytest.fixture(autouse=True)
+def _private_onnx_cache(onnx_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never write ONNX exports into the user's ~/.cache/diffaug."""
+    monkeypatch.setenv("DIFFAUG_CACHE", str(onnx_cache))

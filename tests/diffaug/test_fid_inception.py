@@ -9,6 +9,8 @@ network in process), analytic oracles (16-bit 257·k equals 8-bit k), mocked hea
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,11 +26,14 @@ pf_inception = pytest.importorskip("pytorch_fid.inception")
 fid_score = pytest.importorskip("pytorch_fid.fid_score")
 
 from click.testing import CliRunner  # noqa: E402
-from diffaug import balance_folder  # noqa: E402
+from diffaug import balance_folder, inception_onnx  # noqa: E402
+from diffaug import features as features_module  # noqa: E402
 from diffaug.cli import main  # noqa: E402
 from diffaug.features import (  # noqa: E402
+    FidExtraMissingError,
     InceptionFeatures,
     InceptionWeightsError,
+    choose_engine,
     list_images,
     load_inception_input,
     resolve_device,
@@ -340,3 +345,87 @@ def test_cli_balance_reports_fid(class_folders, tmp_path, monkeypatch) -> None:
     line = next(line for line in result.stdout.splitlines() if line.startswith("stenosis "))
     assert float(line.split("FID:")[1].split()[0]) == pytest.approx(expected.fid, rel=1e-12)
     assert "(3 synthetic, 3 originals)" in line
+
+
+def test_written_out_constants_are_pytorch_fids() -> None:
+    """Reference: the constants copied so the onnxruntime engine need not import pytorch-fid."""
+    assert features_module.FID_WEIGHTS_URL == pf_inception.FID_WEIGHTS_URL
+    assert features_module.BLOCK_INDEX_BY_DIM == pf_inception.InceptionV3.BLOCK_INDEX_BY_DIM
+    assert features_module.IMAGE_EXTENSIONS == fid_score.IMAGE_EXTENSIONS
+
+
+@pytest.mark.parametrize("dims", [DIMS, 2048])
+def test_onnxruntime_engine_gives_the_torch_engines_features(torch_home, two_folders,
+                                                             dims) -> None:
+    """Reference implementation: pytorch-fid's network through torch, on the same images;
+    the whole network (2048) and its first block (64)."""
+    files = list_images(two_folders[0])[:6]
+    onnx = InceptionFeatures(dims=dims, device="cpu", batch_size=4, engine="onnxruntime")
+    plain = InceptionFeatures(dims=dims, device="cpu", batch_size=4, engine="torch")
+    assert (onnx.engine, plain.engine) == ("onnxruntime", "torch")
+    ours, reference = onnx(files), plain(files)
+    assert ours.shape == (6, dims) and np.abs(reference).max() > 0
+    np.testing.assert_allclose(ours, reference, rtol=FEATURE_RTOL,
+                               atol=FEATURE_RTOL * np.abs(reference).max())
+
+
+def test_onnx_export_is_cached_and_redone_for_other_weights(random_weights_home, two_folders,
+                                                            tmp_path, monkeypatch) -> None:
+    """Contract: the first use exports and caches; the next loads the cache without exporting;
+    weights with another modification time are exported again; the features stay the same."""
+    home = tmp_path / "home"
+    shutil.copytree(random_weights_home, home)
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setenv("DIFFAUG_CACHE", str(tmp_path / "cache"))
+    weights = home / "hub" / "checkpoints" / WEIGHTS_NAME
+    exports = []
+    real_export = inception_onnx.export_inception
+
+    def counting_export(*args):
+        exports.append(args)
+        return real_export(*args)
+
+    monkeypatch.setattr(inception_onnx, "export_inception", counting_export)
+    files = list_images(two_folders[0])[:3]
+    first = InceptionFeatures(dims=DIMS, device="cpu", engine="onnxruntime")(files)
+    cached = inception_onnx.cached_model_path(weights, DIMS)
+    assert cached.is_file() and cached.parent == tmp_path / "cache" and len(exports) == 1
+    np.testing.assert_array_equal(
+        InceptionFeatures(dims=DIMS, device="cpu", engine="onnxruntime")(files), first)
+    assert len(exports) == 1
+    stamp = weights.stat()
+    os.utime(weights, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    InceptionFeatures(dims=DIMS, device="cpu", engine="onnxruntime")
+    assert len(exports) == 2
+    cached.write_bytes(b"not an onnx model")
+    np.testing.assert_array_equal(
+        InceptionFeatures(dims=DIMS, device="cpu", engine="onnxruntime")(files), first)
+    assert len(exports) == 3
+
+
+def test_unwritable_cache_runs_from_memory(torch_home, two_folders, tmp_path,
+                                          monkeypatch) -> None:
+    """Contract: a cache folder that cannot be made (a file is in the way) costs the cache,
+    not the result."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("DIFFAUG_CACHE", str(blocker / "cache"))
+    files = list_images(two_folders[0])[:2]
+    features = InceptionFeatures(dims=DIMS, device="cpu", engine="onnxruntime")(files)
+    assert features.shape == (2, DIMS) and np.isfinite(features).all()
+
+
+def test_engine_choice(monkeypatch) -> None:
+    """Contract: auto picks onnxruntime on a CPU and torch elsewhere or without ONNX Runtime;
+    an explicit onnxruntime on CUDA, or without the package, is a clear error."""
+    assert choose_engine("auto", "cpu") == "onnxruntime"
+    assert choose_engine("auto", "cuda:0") == "torch"
+    assert choose_engine("torch", "cpu") == "torch"
+    with pytest.raises(ValueError, match="--engine onnxruntime runs on the CPU"):
+        choose_engine("onnxruntime", "cuda")
+    with pytest.raises(ValueError, match="--engine must be one of"):
+        choose_engine("tensorrt", "cpu")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    assert choose_engine("auto", "cpu") == "torch"
+    with pytest.raises(FidExtraMissingError, match="--engine onnxruntime needs onnxruntime"):
+        choose_engine("onnxruntime", "cpu")

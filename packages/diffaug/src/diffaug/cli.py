@@ -18,7 +18,12 @@ import click
 
 from diffaug.augment import as_ratio
 from diffaug.balance import BalanceReport, balance_folder
-from diffaug.features import FidExtraMissingError, InceptionWeightsError, require_fid_extra
+from diffaug.features import (
+    ENGINES,
+    FidExtraMissingError,
+    InceptionWeightsError,
+    require_fid_extra,
+)
 from diffaug.fid import FID_DIMS, FidReport, compute_fid, fid_of_balanced_classes, save_fid_stats
 from diffaug.schedule import NoiseSchedule
 
@@ -183,6 +188,10 @@ def _format_fid(report: FidReport) -> str:
               help="Inception features: 2048 is pool3, the others earlier blocks (pytorch-fid).")
 @click.option("--num-workers", type=click.IntRange(min=0),
               help="Threads decoding images while the network runs [default: min(8, CPUs)].")
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+              help="What runs the network: torch, or onnxruntime (CPU only; exported once "
+                   "and cached in ~/.cache/diffaug or $DIFFAUG_CACHE). auto: onnxruntime on "
+                   "a CPU when installed, else torch.")
 @click.option("--save-stats", is_flag=True,
               help="Write the statistics of REAL to OTHER (.npz) instead, like pytorch-fid.")
 @click.option("--recursive", is_flag=True, help="Also read images in subfolders.")
@@ -191,7 +200,7 @@ def _format_fid(report: FidReport) -> str:
                    "images, or of half the smaller set when it has fewer).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def fid(real: Path, other: Path, batch_size: int, device: str, dims: str,
-        num_workers: int | None, save_stats: bool, recursive: bool, kid: bool,
+        num_workers: int | None, engine: str, save_stats: bool, recursive: bool, kid: bool,
         quiet: bool) -> None:
     """FID between two image folders or pytorch-fid .npz statistics files.
 
@@ -200,7 +209,7 @@ def fid(real: Path, other: Path, batch_size: int, device: str, dims: str,
     nested folders (--recursive). Weights are pytorch-fid's, cached in $TORCH_HOME.
     """
     options = {"dims": int(dims), "batch_size": batch_size, "device": device,
-               "num_workers": num_workers, "recursive": recursive}
+               "num_workers": num_workers, "recursive": recursive, "engine": engine}
     with _fid_errors(), _progress(quiet, "Inception features") as progress:
         if save_stats:
             written = save_fid_stats(real, other, **options, progress=progress)

@@ -66,6 +66,7 @@ def compute_fid(
     recursive: bool = False,
     kid: bool = False,
     progress: Progress | None = None,
+    engine: str = "auto",
 ) -> FidReport:
     """FID (and KID) between two image folders, image lists or pytorch-fid .npz statistics.
 
@@ -78,7 +79,7 @@ def compute_fid(
     labels = [_label(real), _label(other)]
     stats = _statistics(
         [real, other], labels, recursive=recursive, progress=progress, dims=dims,
-        batch_size=batch_size, device=device, num_workers=num_workers,
+        batch_size=batch_size, device=device, num_workers=num_workers, engine=engine,
     )
     return _report(*stats, kid, labels)
 
@@ -93,13 +94,14 @@ def save_fid_stats(
     num_workers: int | None = None,
     recursive: bool = False,
     progress: Progress | None = None,
+    engine: str = "auto",
 ) -> Path:
     """Write pytorch-fid's `mu`/`sigma` .npz of `source` to `out`; returns the written path."""
     if npz_path(out).exists():  # fail before the feature pass, not after it
         raise ValueError(f"{npz_path(out)}: already exists, not overwriting statistics")
     (stats,) = _statistics(
         [source], [_label(source)], recursive=recursive, progress=progress, dims=dims,
-        batch_size=batch_size, device=device, num_workers=num_workers,
+        batch_size=batch_size, device=device, num_workers=num_workers, engine=engine,
     )
     return stats.save(out)
 
@@ -113,6 +115,7 @@ def fid_of_balanced_classes(
     num_workers: int | None = None,
     kid: bool = True,
     progress: Progress | None = None,
+    engine: str = "auto",
 ) -> dict[str, FidReport]:
     """FID/KID of each class that `balance_folder` gave synthetic images: its original files
     (beside the synthetic ones, not in the manifest) vs its synthetic files, in the same split.
@@ -138,7 +141,7 @@ def fid_of_balanced_classes(
         labels += [f"{key} originals", f"{key} synthetic"]
     stats = _statistics(
         sources, labels, recursive=False, progress=progress, dims=dims,
-        batch_size=batch_size, device=device, num_workers=num_workers,
+        batch_size=batch_size, device=device, num_workers=num_workers, engine=engine,
     )
     return {
         key: _report(stats[2 * i], stats[2 * i + 1], kid, labels[2 * i : 2 * i + 2])
