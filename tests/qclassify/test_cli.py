@@ -128,13 +128,14 @@ def test_unreadable_image_is_named_and_skipped(image_folder, tmp_path):
         (lambda data: None, ["--device", "cuda:x"], ["--device", "cuda:N"], 2),
         (lambda data: None, ["--device", "cuda:1"], ["--device", "CUDA is not available"], 2),
         (lambda data: None, ["--threshold", "f1"], ["--threshold", "'f1' is not one of"], 2),
+        (lambda data: None, ["--lr-schedule", "step"], ["--lr-schedule", "'step' is not"], 2),
         (lambda data: shutil.copytree(data / "stenosis", data / "third"),
          ["--threshold", "youden"], ["--threshold youden", "two-class task", "3 classes"], 1),
     ],
     ids=["missing-folder", "empty-folder", "one-class", "image-too-small", "bad-weights",
          "bad-model", "val-fraction-0", "test-fraction-1", "fractions-sum-1", "negative-seed",
          "device-gpu", "device-cuda-x", "device-cuda-unavailable", "threshold-unknown",
-         "threshold-three-classes"],
+         "lr-schedule-unknown", "threshold-three-classes"],
 )
 def test_fit_bad_input(image_folder, tmp_path, arrange, extra, fragments, exit_code,
                        monkeypatch):

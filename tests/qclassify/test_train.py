@@ -206,3 +206,22 @@ def test_youden_threshold_is_tuned_on_the_validation_split(image_folder, tmp_pat
     plain = tmp_path / "plain"
     fit(image_folder, plain, TrainConfig(**TINY), progress=False)
     assert load_run(plain).decision_threshold is None
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_learning_rate_schedule(image_folder, tmp_path, monkeypatch, schedule):
+    """Analytic oracle: the rate of epoch e (1-based) is lr for constant and
+    lr * (1 + cos(pi * (e - 1) / epochs)) / 2 for cosine (SGDR's formula, eta_min 0)."""
+    rates = []
+    real_epoch = train_module._train_epoch
+
+    def recording_epoch(model, loader, optimizer, device, **kwargs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        return real_epoch(model, loader, optimizer, device, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_epoch", recording_epoch)
+    config = TrainConfig(**{**TINY, "epochs": 3, "patience": 5}, lr=1e-3, lr_schedule=schedule)
+    fit(image_folder, tmp_path / "run", config, progress=False)
+    expected = [1e-3 if schedule == "constant" else 1e-3 * (1 + math.cos(math.pi * e / 3)) / 2
+                for e in range(3)]
+    assert rates == pytest.approx(expected, rel=1e-12)

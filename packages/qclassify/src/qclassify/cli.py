@@ -21,7 +21,7 @@ import click
 
 from qclassify import train
 from qclassify.compare import compare as compare_runs
-from qclassify.config import THRESHOLD_RULES, TrainConfig
+from qclassify.config import LR_SCHEDULES, THRESHOLD_RULES, TrainConfig
 from qclassify.inference import evaluate_run, predict_paths
 from qclassify.metrics import METRIC_NAMES
 from qclassify.models import MODEL_NAMES, resolve_device
@@ -117,6 +117,9 @@ training_options = _compose(
     click.option("--weight-decay", type=click.FloatRange(min=0),
                  default=_DEFAULTS.weight_decay, show_default=True,
                  help="Adam weight decay (the L2 term of eq. 15)."),
+    click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=_DEFAULTS.lr_schedule,
+                 show_default=True,
+                 help="constant, or cosine: annealed from --lr to 0 over --epochs."),
     click.option("--patience", type=click.IntRange(min=1), default=_DEFAULTS.patience,
                  show_default=True,
                  help="Stop after this many epochs without a lower validation loss."),

@@ -16,7 +16,7 @@ from qclassify.data import SPLITS, DatasetSplit
 from qclassify.models import MODEL_NAMES, check_image_size, count_parameters
 from qclassify.runfolder import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, read_json
 
-__all__ = ["DEFAULT_Q_DEVICE", "PLACEMENT_OPTIONS", "THRESHOLD_RULES", "TrainConfig", "run_info", "run_is_complete"]
+__all__ = ["DEFAULT_Q_DEVICE", "LR_SCHEDULES", "PLACEMENT_OPTIONS", "THRESHOLD_RULES", "TrainConfig", "run_info", "run_is_complete"]
 
 # Options that decide where a run is computed, not what it computes: a finished run is reused
 # whatever they were.
@@ -25,6 +25,7 @@ DEFAULT_Q_DEVICE = "default.qubit"
 # How a model turns probabilities into a class: argmax, or (two classes) the validation split's
 # Youden-optimal threshold on the positive-class probability.
 THRESHOLD_RULES = ("argmax", "youden")
+LR_SCHEDULES = ("constant", "cosine")
 _VERSIONED_PACKAGES = ("qclassify", "torch", "torchvision", "pennylane", "numpy", "scikit-learn")
 
 
@@ -47,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     augment: bool = False  # random flips and small affine maps of training images
     threshold: str = "argmax"  # or "youden": a decision threshold tuned on validation
+    lr_schedule: str = "constant"  # or "cosine": annealed to 0 over --epochs
     device: str = "auto"
     num_workers: int = 0
     val_fraction: float = 0.15
@@ -66,6 +68,9 @@ class TrainConfig:
         if self.threshold not in THRESHOLD_RULES:
             raise ValueError(f"--threshold must be one of {', '.join(THRESHOLD_RULES)}; "
                              f"got {self.threshold!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}; "
+                             f"got {self.lr_schedule!r}")
         if not self.q_device:
             raise ValueError("--q-device must name a PennyLane device, e.g. default.qubit")
         check_image_size(self.image_size)

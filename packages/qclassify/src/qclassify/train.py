@@ -177,6 +177,10 @@ def _train(model, dataset, config, device, run_dir, progress, on_epoch):
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay
     )
+    # Cosine annealing (torch's CosineAnnealingLR, stepped once per epoch) from --lr to 0 at
+    # the last of --epochs; early stopping may end training before that.
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+                 if config.lr_schedule == "cosine" else None)
     history: list[EpochRecord] = []
     best_epoch, best_loss, best_state, best_val = 0, math.inf, None, None
     for epoch in range(1, config.epochs + 1):
@@ -184,6 +188,8 @@ def _train(model, dataset, config, device, run_dir, progress, on_epoch):
         train_loader.sampler.set_epoch(epoch)
         train_loss = _train_epoch(model, train_loader, optimizer, device,
                                   progress=progress, desc=f"epoch {epoch}/{config.epochs}")
+        if scheduler is not None:
+            scheduler.step()
         logits, labels, _ = predict_logits(model, val_loader, device)
         val_loss = F.cross_entropy(logits, labels).item()
         proba = torch.softmax(logits, dim=1).numpy()
