@@ -10,8 +10,8 @@ clipped by PIL's `convert("RGB")`; images are decoded on threads while the netwo
 Two engines run the network. ``torch``: pytorch-fid's module itself (BatchNorms folded,
 channels-last). ``onnxruntime`` (the default on a CPU when installed): the same module exported
 once to ONNX and cached (`diffaug.inception_onnx`); it starts without importing torchvision or
-pytorch-fid and runs the convolutions faster. Both give pytorch-fid's
-features to float32 rounding.
+pytorch-fid and runs the convolutions faster. Both give pytorch-fid's features to float32
+rounding.
 
 torch, torchvision, pytorch-fid and ONNX Runtime are the `fid` extra: they are imported inside
 functions only, so `import diffaug` keeps working without them.
@@ -51,6 +51,7 @@ __all__ = [
     "InceptionFeatures",
     "InceptionWeightsError",
     "build_inception",
+    "choose_engine",
     "ensure_inception_weights",
     "inception_weights_path",
     "list_images",
