@@ -66,7 +66,8 @@ def test_epoch_keyed_loader_yields_each_index_once_per_epoch_with_its_epoch():
 def test_augmentation_depends_on_the_key_only(image_folder):
     """Same-seed rederivation: an (epoch, index) key gives the same augmented image whatever
     torch's global generator holds, and leaves that generator untouched; other epochs or
-    seeds give other images; without augmentation a key is just its index."""
+    seeds give other images; without augmentation a key is just its index, with it a bare index
+    is refused."""
     paths = sorted(image_folder.rglob("*.png"))[:3]
     augmented = ImageDataset(paths, None, 32, augment_seed=0)
     first = augmented[(1, 2)][0]
@@ -80,3 +81,5 @@ def test_augmentation_depends_on_the_key_only(image_folder):
     assert torch.equal(plain[(5, 2)][0], plain[2][0])
     assert not torch.equal(plain[2][0], first)
     assert first.shape == plain[2][0].shape == (3, 32, 32)
+    with pytest.raises(TypeError, match=r"\(epoch, index\) keys"):
+        augmented[2]

@@ -158,11 +158,12 @@ class ImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        if self.augment_seed is None:
-            index = key[1] if isinstance(key, tuple) else key
-            return self.preprocess(read_image(self.paths[index])), self.labels[index]
-        epoch, index = key
+        epoch, index = key if isinstance(key, tuple) else (None, key)
         image = read_image(self.paths[index])
+        if self.augment_seed is None:
+            return self.preprocess(image), self.labels[index]
+        if epoch is None:
+            raise TypeError("an augmenting ImageDataset is indexed by (epoch, index) keys")
         seed = np.random.SeedSequence([self.augment_seed, epoch, index]).generate_state(1)[0]
         # torchvision's random transforms draw from torch's global generator: fork it so the
         # draw depends on the key only and leaves the caller's generator where it was.
