@@ -18,6 +18,7 @@ from typing import Union
 
 import numpy as np
 
+from diffaug.features import BLOCK_INDEX_BY_DIM
 from diffaug.frechet import FeatureStatistics, frechet_distance_between, npz_path
 from diffaug.io import MANIFEST_NAME, read_manifest
 from diffaug.kid import KernelDistance, kernel_inception_distance
@@ -31,9 +32,9 @@ __all__ = [
     "save_fid_stats",
 ]
 
-# pytorch-fid's InceptionV3.BLOCK_INDEX_BY_DIM keys, repeated here so the CLI can offer them
-# without importing torch (a test checks they agree).
-FID_DIMS = (64, 192, 768, 2048)
+# The feature sizes pytorch-fid offers (diffaug.features holds its block table, written out so
+# that nothing here imports torch; a test checks it against pytorch-fid's).
+FID_DIMS = tuple(BLOCK_INDEX_BY_DIM)
 MIN_IMAGES = 2  # a covariance needs two feature vectors
 
 ImageSource = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]  # noqa: UP007
