@@ -29,6 +29,7 @@ from sklearn.metrics import (
     precision_score,
     recall_score,
     roc_auc_score,
+    roc_curve,
 )
 
 ATOL = 1e-12
@@ -133,6 +134,19 @@ def test_youden_threshold_maximises_balanced_accuracy(seed, decimals):
     assert threshold in score
     assert balanced(threshold) == pytest.approx(best, abs=1e-12)
     assert all(balanced(cut) < best - 1e-12 for cut in np.unique(score) if cut > threshold)
+
+
+@pytest.mark.parametrize("scores", [
+    [0.5] * 6,  # a constant model: every threshold gives J = 0
+    [0.9, 0.8, 0.7, 0.3, 0.2, 0.1],  # positives scored below every negative: J < 0 except at the ends
+])
+def test_youden_threshold_is_none_when_nothing_beats_chance(scores):
+    """Analytic oracle: when no threshold separates better than chance, sklearn's ROC curve
+    still has a first threshold (+inf, J = 0); that degenerate rule is never returned."""
+    truth = np.array([False, False, False, True, True, True])
+    fpr, tpr, _ = roc_curve(truth, scores)
+    assert (tpr - fpr).max() <= 0  # the premise, from sklearn
+    assert youden_threshold(truth, np.array(scores)) is None
 
 
 def test_threshold_needs_two_classes_and_both_labels():

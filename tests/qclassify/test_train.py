@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 torch = pytest.importorskip("torch")
 
@@ -87,19 +88,21 @@ def test_early_stopping_restores_the_best_epoch(image_folder, tmp_path, monkeypa
     stop after epoch 4, and model.pt holds the weights the model had after epoch 2."""
     scripted = [1.0, 0.5, 0.7, 0.8, 0.9, 1.0]
     snapshots = []
-    real_predict = train_module.predict_logits
+    real_predict = train_module.predict_image_logits
+    class_index = {"normal": 0, "stenosis": 1}
 
-    def scripted_predict(model, loader, device, **kwargs):
+    def scripted_predict(model, paths, **kwargs):
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
-        logits, labels, seconds = real_predict(model, loader, device, **kwargs)
+        logits, seconds = real_predict(model, paths, **kwargs)
+        labels = torch.tensor([class_index[path.parent.name] for path in paths])
         # Two-class logits (a on the true class, 0 on the other) whose cross-entropy
         # log(1 + e^-a) is exactly the scripted loss.
         true_logit = -math.log(math.expm1(scripted[len(snapshots) - 1]))
         fake = torch.zeros_like(logits)
         fake[torch.arange(len(labels)), labels] = true_logit
-        return fake, labels, seconds
+        return fake, seconds
 
-    monkeypatch.setattr(train_module, "predict_logits", scripted_predict)
+    monkeypatch.setattr(train_module, "predict_image_logits", scripted_predict)
     config = TrainConfig(**{**TINY, "epochs": 6, "patience": 2})
     result = fit(image_folder, tmp_path / "run", config, progress=False)
     assert [r.epoch for r in result.history] == [1, 2, 3, 4]
@@ -182,30 +185,96 @@ def test_bad_options_fail_before_any_file_is_written(image_folder, tmp_path, cha
     assert not (tmp_path / "run").exists()
 
 
-def test_youden_threshold_is_tuned_on_the_validation_split(image_folder, tmp_path):
-    """Reference implementation: the checkpoint's decision threshold is youden_threshold of the
-    saved model's validation predictions, recomputed from model.pt and split.csv; evaluate
-    records it and predicts with it; argmax runs store none."""
-    run = tmp_path / "run"
-    fit(image_folder, run, TrainConfig(threshold="youden", **TINY), progress=False)
+class BrightnessModel(torch.nn.Module):
+    """A stand-in classifier whose stenosis logit grows with mean image brightness (the test
+    images' stenosis discs are larger and brighter): its validation scores are far apart, so
+    the best threshold does not hinge on float rounding. `slope` 0 (a buffer, never trained)
+    scores every image alike."""
+
+    def __init__(self, slope: float):
+        super().__init__()
+        self.register_buffer("slope", torch.tensor(slope))
+        self.bias = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        brightness = images.mean(dim=(1, 2, 3))
+        return torch.stack([-brightness, brightness], dim=1) * self.slope + self.bias
+
+
+@pytest.fixture
+def brightness_model(monkeypatch):
+    """Make fit and load_run build a `BrightnessModel` of the slope given."""
+    import qclassify.inference as inference_module
+
+    def use(slope: float) -> None:
+        def build(*args, **kwargs):
+            return BrightnessModel(slope)
+
+        monkeypatch.setattr(train_module, "build_model", build)
+        monkeypatch.setattr(inference_module, "build_model", build)
+
+    return use
+
+
+def _validation_proba(run, data):
+    """Positive-class labels and probabilities of the saved model on the validation split."""
     loaded = load_run(run, device="cpu")
     val = [s for s in read_split_csv(run / "split.csv") if s.split == "val"]
-    proba, _ = loaded.proba([image_folder / s.path for s in val])
-    is_positive = np.array([s.class_name == "stenosis" for s in val])
-    expected = youden_threshold(is_positive, proba[:, 1])
+    proba, _ = loaded.proba([data / s.path for s in val])
+    return np.array([s.class_name == "stenosis" for s in val]), proba[:, 1]
+
+
+def test_youden_threshold_is_tuned_on_the_validation_split(make_images, tmp_path,
+                                                           brightness_model):
+    """Reference implementation: the checkpoint's decision threshold is youden_threshold of the
+    saved model's validation predictions, recomputed from model.pt and split.csv (the same
+    computation as during training); evaluate records it and predicts with it; argmax runs
+    store none."""
+    brightness_model(slope=10.0)
+    data = make_images(tmp_path / "data", counts={"normal": 12, "stenosis": 10})
+    run = tmp_path / "run"
+    fit(data, run, TrainConfig(threshold="youden", **TINY), progress=False)
+    is_positive, score = _validation_proba(run, data)
+    loaded = load_run(run, device="cpu")
     assert loaded.positive_class == "stenosis"
-    assert loaded.decision_threshold == pytest.approx(expected, abs=1e-6)
+    assert roc_auc_score(is_positive, score) > 0.9  # the stand-in separates the classes
+    assert loaded.decision_threshold == youden_threshold(is_positive, score) is not None
+    assert loaded.decision_rule_note is None
     metrics = evaluate_run(run, n_bootstrap=0)
     assert metrics["decision_threshold"] == loaded.decision_threshold
     with (run / "predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    predicted = ["stenosis" if float(r["p_stenosis"]) >= expected else "normal" for r in rows]
+    threshold = loaded.decision_threshold
+    predicted = ["stenosis" if float(r["p_stenosis"]) >= threshold else "normal" for r in rows]
     assert [r["predicted_class"] for r in rows] == predicted
     with pytest.raises(ValueError, match="tuned for positive class 'stenosis'"):
         evaluate_run(run, n_bootstrap=0, positive="normal")
     plain = tmp_path / "plain"
-    fit(image_folder, plain, TrainConfig(**TINY), progress=False)
+    fit(data, plain, TrainConfig(**TINY), progress=False)
     assert load_run(plain).decision_threshold is None
+
+
+def test_youden_falls_back_to_argmax_when_nothing_beats_chance(make_images, tmp_path,
+                                                               brightness_model):
+    """Degenerate case: a model that scores every validation image alike has Youden's J = 0
+    at every threshold; fit warns once, stores no threshold (argmax, never "predict nothing
+    positive"), and config.json, model.pt and metrics.json say why."""
+    brightness_model(slope=0.0)
+    data = make_images(tmp_path / "data")
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="no threshold beats chance"):
+        fit(data, run, TrainConfig(threshold="youden", **TINY), progress=False)
+    is_positive, score = _validation_proba(run, data)
+    assert youden_threshold(is_positive, score) is None  # the premise
+    loaded = load_run(run, device="cpu")
+    assert loaded.decision_threshold is None
+    assert "no threshold beats chance" in loaded.decision_rule_note
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["decision_threshold"] is None
+    assert stored["decision_rule_note"] == loaded.decision_rule_note
+    metrics = evaluate_run(run, n_bootstrap=0)
+    assert metrics["decision_threshold"] is None
+    assert metrics["decision_rule_note"] == loaded.decision_rule_note
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])

@@ -1,5 +1,5 @@
 """Batches for training and prediction: seeded DataLoaders, deterministic kernels, and
-running a model over a loader."""
+running a model over a loader or over image files."""
 
 from __future__ import annotations
 
@@ -7,14 +7,30 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-__all__ = ["deterministic_algorithms", "make_loader", "predict_logits"]
+from qclassify.images import ImageDataset
+
+__all__ = [
+    "EVAL_BATCH_SIZE",
+    "deterministic_algorithms",
+    "make_loader",
+    "predict_image_logits",
+    "predict_logits",
+    "predict_proba",
+    "probabilities",
+]
+
+# Every evaluation pass (the validation split during training, evaluate, predict) runs in
+# batches of this size: kernels may be chosen per batch shape, so a threshold tuned during
+# training is only reproducible from model.pt when the passes are the same computation.
+EVAL_BATCH_SIZE = 32
 
 _CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
 
@@ -85,6 +101,47 @@ def predict_logits(
         logits.append(output.float().cpu())
         labels.append(torch.as_tensor(batch_labels))
     return torch.cat(logits), torch.cat(labels), forward_seconds
+
+
+def predict_image_logits(
+    model: torch.nn.Module,
+    paths: Sequence[str | Path],
+    *,
+    image_size: int,
+    device: torch.device | str = "cpu",
+    batch_size: int = EVAL_BATCH_SIZE,
+    progress: bool = False,
+) -> tuple[torch.Tensor, float]:
+    """Logits (N, C) of image files in the given order, preprocessed for evaluation (no
+    augmentation), and the seconds the model's forward passes took."""
+    device = torch.device(device)
+    loader = make_loader(ImageDataset(paths, None, image_size), batch_size=batch_size,
+                         device=device)
+    logits, _, forward_seconds = predict_logits(model, loader, device, progress=progress)
+    return logits, forward_seconds
+
+
+def predict_proba(
+    model: torch.nn.Module,
+    paths: Sequence[str | Path],
+    *,
+    image_size: int,
+    batch_size: int = EVAL_BATCH_SIZE,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> tuple[np.ndarray, float]:
+    """Softmax probabilities (eq. 14), float64 (N, C), of image files in the given order, and
+    the seconds the model's forward passes took (image decoding excluded)."""
+    logits, forward_seconds = predict_image_logits(
+        model, paths, image_size=image_size, device=device, batch_size=batch_size,
+        progress=progress)
+    return probabilities(logits), forward_seconds
+
+
+def probabilities(logits: torch.Tensor) -> np.ndarray:
+    """Softmax (eq. 14) in float64: float32 rounding would tie the probabilities of images
+    that a barely trained model scores almost alike, and change which threshold is optimal."""
+    return torch.softmax(logits.double(), dim=1).numpy()
 
 
 class _EpochKeySampler(DistributedSampler):

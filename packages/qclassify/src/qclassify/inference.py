@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from qclassify.batches import make_loader, predict_logits
+from qclassify.batches import EVAL_BATCH_SIZE, predict_proba
 from qclassify.config import DEFAULT_Q_DEVICE
 from qclassify.data import read_split_csv
-from qclassify.images import ImageDataset, find_unreadable, list_images
+from qclassify.images import find_unreadable, list_images
 from qclassify.metrics import evaluate_predictions, predict_classes
 from qclassify.models import build_model, count_parameters, resolve_device
 from qclassify.report import plot_confusion_matrix, plot_roc
@@ -51,11 +51,12 @@ class LoadedRun:
     image_size: int
     positive_class: str | None
     decision_threshold: float | None  # on the positive-class probability; None: argmax
+    decision_rule_note: str | None  # why a requested threshold fell back to argmax
     device: torch.device
     config: dict  # config.json; empty when the folder has none
 
     def proba(
-        self, paths: Sequence[str | Path], *, batch_size: int = 32, progress: bool = False
+        self, paths: Sequence[str | Path], *, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False
     ) -> tuple[np.ndarray, float]:
         """Class probabilities (N, C) of image files, and the model's forward seconds."""
         return predict_proba(self.model, paths, image_size=self.image_size,
@@ -106,27 +107,10 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
         image_size=int(checkpoint["image_size"]),
         positive_class=checkpoint.get("positive_class"),
         decision_threshold=checkpoint.get("decision_threshold"),
+        decision_rule_note=checkpoint.get("decision_rule_note"),
         device=resolved,
         config=read_json(config_path) if config_path.is_file() else {},
     )
-
-
-def predict_proba(
-    model: nn.Module,
-    paths: Sequence[str | Path],
-    *,
-    image_size: int,
-    batch_size: int = 32,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-) -> tuple[np.ndarray, float]:
-    """Softmax probabilities (eq. 14), float64 (N, C), of image files in the given order, and
-    the seconds the model's forward passes took (image decoding excluded)."""
-    device = torch.device(device)
-    loader = make_loader(ImageDataset(paths, None, image_size), batch_size=batch_size,
-                         device=device)
-    logits, _, forward_seconds = predict_logits(model, loader, device, progress=progress)
-    return torch.softmax(logits.double(), dim=1).numpy(), forward_seconds
 
 
 def evaluate_run(
@@ -136,7 +120,7 @@ def evaluate_run(
     n_bootstrap: int = 500,
     positive: str | None = None,
     seed: int = 0,
-    batch_size: int = 32,
+    batch_size: int = EVAL_BATCH_SIZE,
     device: str = "auto",
     progress: bool = False,
 ) -> dict:
@@ -183,6 +167,7 @@ def evaluate_run(
         inference_ms_per_image=1000 * forward_seconds / len(test),
         n_parameters=count_parameters(run.model),
         train_seconds=_train_seconds(run.run_dir),
+        decision_rule_note=run.decision_rule_note,
     )
     write_json(run.run_dir / METRICS_FILE, metrics)
     _write_predictions(run, test, labels, proba)
@@ -202,7 +187,7 @@ def predict_paths(
     run_dir: str | Path,
     paths: Sequence[str | Path],
     *,
-    batch_size: int = 32,
+    batch_size: int = EVAL_BATCH_SIZE,
     device: str = "auto",
     progress: bool = False,
 ) -> list[dict[str, str | float]]:

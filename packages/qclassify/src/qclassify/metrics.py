@@ -85,10 +85,13 @@ def predict_classes(
     return np.where(p[:, positive] >= threshold, positive, 1 - positive)
 
 
-def youden_threshold(is_positive: np.ndarray, score: np.ndarray) -> float:
+def youden_threshold(is_positive: np.ndarray, score: np.ndarray) -> float | None:
     """The score threshold that maximises Youden's J = sensitivity + specificity - 1 (the
     balanced accuracy's optimum) over scikit-learn's ROC curve; ties go to the highest
     threshold. Predict positive where ``score >= threshold``.
+
+    Returns None when no threshold beats chance (J <= 0 everywhere): the only "optimum" is then
+    scikit-learn's first threshold, +inf, a rule that never predicts the positive class.
 
     Raises:
         ValueError: `is_positive` holds a single class (no ROC curve).
@@ -97,8 +100,10 @@ def youden_threshold(is_positive: np.ndarray, score: np.ndarray) -> float:
     if truth.all() or not truth.any():
         raise ValueError("choosing a decision threshold needs both classes among the labels")
     fpr, tpr, thresholds = roc_curve(truth, score)
-    best = int(np.argmax(tpr - fpr))  # first maximum: the highest threshold among ties
-    # thresholds[0] is +inf (nothing positive), J = 0 there; any J > 0 beats it.
+    youden = tpr - fpr
+    best = int(np.argmax(youden))  # first maximum: the highest threshold among ties
+    if youden[best] <= 0:
+        return None
     return float(thresholds[best])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,12 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from qclassify.batches import deterministic_algorithms, make_loader, predict_logits
+from qclassify.batches import (
+    deterministic_algorithms,
+    make_loader,
+    predict_image_logits,
+    probabilities,
+)
 from qclassify.config import TrainConfig, run_info
 from qclassify.data import SPLIT_COLUMNS, discover_dataset, split_csv_rows
 from qclassify.images import ImageDataset
@@ -99,7 +105,9 @@ def fit(
     """Train `config.model` on `data_dir` and write the run folder `run_dir`.
 
     Writes ``config.json`` and ``split.csv`` first, ``history.csv`` after every epoch and
-    ``model.pt`` (the best epoch's weights and everything needed to rebuild the model) last.
+    ``model.pt`` (the best epoch's weights and everything needed to rebuild the model) last;
+    ``config.json`` is then completed with the decision rule (``decision_threshold``, and
+    ``decision_rule_note`` when ``--threshold youden`` fell back to argmax, with a warning).
 
     Args:
         progress: show a progress bar per epoch (tqdm, on stderr).
@@ -135,6 +143,11 @@ def fit(
     with deterministic_algorithms():
         history, best_epoch, best_state, val_outputs = _train(model, dataset, config, device,
                                                               run_dir, progress, on_epoch)
+    threshold, threshold_note = _decision_rule(config, info, val_outputs)
+    if threshold_note is not None:
+        warnings.warn(threshold_note, stacklevel=2)
+    info.update(decision_threshold=threshold, decision_rule_note=threshold_note)
+    write_json(run_dir / CONFIG_FILE, info)
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "model": config.model,
@@ -145,7 +158,8 @@ def fit(
         "q_device": config.q_device,
         "image_size": config.image_size,
         "positive_class": info["positive_class"],
-        "decision_threshold": _decision_threshold(config, info, val_outputs),
+        "decision_threshold": threshold,
+        "decision_rule_note": threshold_note,
         "best_epoch": best_epoch,
         "state_dict": best_state,
     }
@@ -172,7 +186,10 @@ def _train(model, dataset, config, device, run_dir, progress, on_epoch):
                            shuffle=train, seed=config.seed, device=device,
                            epoch_keys=augment_seed is not None)
 
-    train_loader, val_loader = loader("train", train=True), loader("val", train=False)
+    train_loader = loader("train", train=True)
+    val_samples = dataset.subset("val")
+    val_paths = dataset.paths(val_samples)
+    val_labels = torch.as_tensor(dataset.labels(val_samples))
     model.to(device)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay
@@ -190,15 +207,19 @@ def _train(model, dataset, config, device, run_dir, progress, on_epoch):
                                   progress=progress, desc=f"epoch {epoch}/{config.epochs}")
         if scheduler is not None:
             scheduler.step()
-        logits, labels, _ = predict_logits(model, val_loader, device)
-        val_loss = F.cross_entropy(logits, labels).item()
-        proba = torch.softmax(logits, dim=1).numpy()
+        # The same computation as evaluate/predict on model.pt (batches.predict_proba), so the
+        # best epoch's validation probabilities, and a threshold tuned on them, are
+        # reproducible from the saved model.
+        logits, _ = predict_image_logits(model, val_paths, image_size=config.image_size,
+                                         device=device)
+        val_loss = F.cross_entropy(logits, val_labels).item()
+        proba, labels = probabilities(logits), val_labels.numpy()
         record = EpochRecord(
             epoch=epoch,
             train_loss=train_loss,
             val_loss=val_loss,
-            val_accuracy=float(accuracy_score(labels.numpy(), proba.argmax(axis=1))),
-            val_auc=_auc(labels.numpy(), proba),
+            val_accuracy=float(accuracy_score(labels, proba.argmax(axis=1))),
+            val_auc=_auc(labels, proba),
             seconds=time.perf_counter() - start,
         )
         history.append(record)
@@ -206,29 +227,34 @@ def _train(model, dataset, config, device, run_dir, progress, on_epoch):
         if on_epoch is not None:
             on_epoch(record)
         if val_loss < best_loss:
-            best_epoch, best_loss, best_val = epoch, val_loss, (labels.numpy(), proba)
+            best_epoch, best_loss, best_val = epoch, val_loss, (labels, proba)
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         elif epoch - best_epoch >= config.patience:
             break
     if best_state is None:  # every validation loss was NaN: keep the last weights
-        best_epoch, best_val = len(history), (labels.numpy(), proba)
+        best_epoch, best_val = len(history), (labels, proba)
         best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return history, best_epoch, best_state, best_val
 
 
-def _decision_threshold(
+def _decision_rule(
     config: TrainConfig, info: dict, val_outputs: tuple[np.ndarray, np.ndarray]
-) -> float | None:
-    """None (argmax) or, for ``--threshold youden``, the positive-class probability that
-    maximises Youden's J on the validation split, from the best epoch's predictions."""
+) -> tuple[float | None, str | None]:
+    """The decision threshold (None: argmax) and, when ``--threshold youden`` had to fall back
+    to argmax, why. Youden's threshold is the positive-class probability that maximises J on
+    the validation split, from the best epoch's predictions."""
     if config.threshold == "argmax":
-        return None
+        return None, None
     labels, proba = val_outputs
     positive = info["class_names"].index(info["positive_class"])
     try:
-        return youden_threshold(labels == positive, proba[:, positive])
+        threshold = youden_threshold(labels == positive, proba[:, positive])
     except ValueError as err:
         raise ValueError(f"--threshold {config.threshold}: {err}") from err
+    if threshold is None:
+        return None, (f"--threshold {config.threshold}: no threshold beats chance on the "
+                      "validation split (Youden's J <= 0 everywhere); predicting by argmax")
+    return threshold, None
 
 
 def _train_epoch(model, loader, optimizer, device, *, progress: bool, desc: str) -> float:
