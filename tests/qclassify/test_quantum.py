@@ -93,7 +93,7 @@ def test_analytic_backward_matches_autograd_and_finite_differences(monkeypatch, 
     """Reference implementation: the torch backend's hand-written backward (used whenever
     gradients are recorded) equals autograd through the plain operations that exporters
     trace, and torch.autograd.gradcheck's finite differences; a zero row included."""
-    import qclassify.quantum as quantum
+    import qclassify.statevector as statevector
 
     layer = make_layer({"backend": "torch"}, n_qubits, n_layers).double()
     generator = torch.Generator().manual_seed(n_qubits)
@@ -102,7 +102,7 @@ def test_analytic_backward_matches_autograd_and_finite_differences(monkeypatch, 
     cotangent = torch.randn(3, n_qubits, dtype=torch.float64, generator=generator)
     analytic = outputs_and_gradients(lambda x, _: layer(x), features, layer.weights, cotangent)
     assert torch.autograd.gradcheck(layer, (features.clone().requires_grad_(),))
-    monkeypatch.setattr(quantum, "_is_tracing", lambda: True)  # the traced (plain) path
+    monkeypatch.setattr(statevector, "_is_tracing", lambda: True)  # the traced (plain) path
     traced = outputs_and_gradients(lambda x, _: layer(x), features, layer.weights, cotangent)
     for name, got, want in zip(("outputs", "input grad", "weight grad"), analytic, traced,
                                strict=True):
