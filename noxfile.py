@@ -7,6 +7,9 @@ for torch once per session directory, and CI (which runs `tests` only with torch
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import nox
 
 nox.options.reuse_venv = "yes"
@@ -21,7 +24,7 @@ TEST_TOOLS = ["pytest>=8", "diffusers>=0.25"]
 def install_everything(session: nox.Session) -> None:
     """Both packages with every extra, torch first so pip resolves one torch for all."""
     session.install(*TORCH_STACK)
-    session.install("-e", f"{DIFFAUG}[fid]", "-e", f"{QCLASSIFY}[onnx,lightning]")
+    session.install("-e", f"{DIFFAUG}[fid]", "-e", f"{QCLASSIFY}[pennylane,lightning]")
 
 
 @nox.session
@@ -58,6 +61,18 @@ def tests(session: nox.Session) -> None:
     install_everything(session)
     session.install(*TEST_TOOLS)
     session.run("pytest", *session.posargs, env={"OMP_NUM_THREADS": "2"})
+
+
+@nox.session
+def package(session: nox.Session) -> None:
+    """Build both packages' sdist and wheel (python -m build) and check their metadata and
+    README rendering with twine, as PyPI would."""
+    session.install("build>=1.0", "twine>=5")
+    dist = Path(session.create_tmp()) / "dist"
+    shutil.rmtree(dist, ignore_errors=True)  # only this run's files are checked
+    for package_dir in (DIFFAUG, QCLASSIFY):
+        session.run("python", "-m", "build", "--outdir", str(dist), package_dir)
+    session.run("twine", "check", "--strict", *map(str, sorted(dist.iterdir())))
 
 
 @nox.session

@@ -34,7 +34,11 @@ def _initial_weights(n_layers: int, n_qubits: int) -> torch.Tensor:
 
 def _pennylane_circuit(initial_weights: torch.Tensor, device_name: str) -> nn.Module:
     """The same circuit as a PennyLane QNode wrapped in ``qml.qnn.TorchLayer``."""
-    import pennylane as qml  # slow to import; only this backend needs it
+    try:
+        import pennylane as qml  # an optional extra, slow to import; only this backend needs it
+    except ImportError as err:
+        raise ImportError("the 'pennylane' backend needs PennyLane: pip install "
+                          "'qclassify[pennylane]' (the default 'torch' backend does not)") from err
 
     n_layers, n_qubits = initial_weights.shape
     wires = range(n_qubits)

@@ -1,0 +1,20 @@
+"""Optional extras fail at first use with an install hint, never at import."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+
+from qclassify.quantum import QuantumFeatureLayer  # noqa: E402
+
+
+def test_pennylane_backend_without_pennylane_names_the_extra(monkeypatch):
+    """Contract (STYLE: optional dependencies): with PennyLane not installed, the torch backend
+    works and the pennylane backend raises ImportError naming `qclassify[pennylane]`."""
+    monkeypatch.setitem(sys.modules, "pennylane", None)  # `import pennylane` now fails
+    assert QuantumFeatureLayer(n_qubits=2, n_layers=1, backend="torch").weights.shape == (1, 2)
+    with pytest.raises(ImportError, match=r"pip install 'qclassify\[pennylane\]'"):
+        QuantumFeatureLayer(n_qubits=2, n_layers=1, backend="pennylane")
