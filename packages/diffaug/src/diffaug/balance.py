@@ -138,7 +138,7 @@ def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | st
         synthesis = plan_synthesis(counts[inputs.balanced_split], ratio=ratio)
         record = _run_record(in_dir, inputs, counts, synthesis, ratio, settings, seed)
         rows, jobs = _plan_rows(in_dir, out_dir, inputs, synthesis, seed)
-        already_done = check_output_folder(out_dir, record)  # before even the lock is written
+        already_done = check_output_folder(out_dir, record)  # refused before OUT is created
         repaired: list[Path] = []
         n_copied = n_synthetic = 0
         if not dry_run:

@@ -101,7 +101,7 @@ def balance(in_dir: Path, out_dir: Path, ratio: Decimal, timesteps: int, beta_st
     diffaug-manifest.csv and diffaug-run.json. Names starting with a dot are ignored; links in
     IN are followed and copied as files.
 
-    One run at a time per OUT (lock file OUT/.diffaug.lock). Running the same command again
+    One run at a time per OUT (an flock on the OUT folder). Running the same command again
     finishes an interrupted run, or verifies a finished one (every file's sha256 or bytes) and
     rewrites it if anything is missing or changed.
     """
