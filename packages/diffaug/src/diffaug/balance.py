@@ -5,16 +5,18 @@ not used as a synthesis source). OUT mirrors IN with byte-identical originals; s
 ``syn_<source-stem>_<k>.png`` sit beside them. Each synthetic image has its own seed (see
 :func:`diffaug.augment.plan_samples`), so the output, run record included, does not depend on
 the number of workers. ``diffaug-run.json`` is written first and the manifest last: a finished
-OUT is recognised and left alone when the same command runs again.
+OUT is recognised, verified and left alone when the same command runs again (the lock, what a
+rerun accepts, verifies and repairs: :mod:`diffaug.outfolder`).
+
+The worker processes end with the parent (:mod:`diffaug.workers`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
@@ -30,17 +32,27 @@ from diffaug.io import (
     atomic_copy,
     atomic_write_bytes,
     encode_png,
+    exif_orientation,
+    printable_path,
     read_image,
     sha256_hex,
     write_manifest,
 )
 from diffaug.layout import BalanceInputError, InputFolder, SkippedFile, read_input_folder
+from diffaug.outfolder import (
+    OutputFolderBusyError,
+    check_output_folder,
+    clean_output_folder,
+    locked_output_folder,
+    mismatched_files,
+)
 from diffaug.schedule import NoiseSchedule
+from diffaug.workers import process_map
 
-__all__ = ["RUN_RECORD_NAME", "BalanceInputError", "BalanceReport", "SkippedFile",
-           "balance_folder"]
+__all__ = ["RUN_RECORD_NAME", "BalanceInputError", "BalanceReport", "OutputFolderBusyError",
+           "SkippedFile", "balance_folder"]
 
-_IDENTITY_KEYS = ("command", "input", "options", "plan")  # what makes two runs "the same"
+_NAME_MAX = 255  # bytes in a file name on common file systems (ext4, XFS, APFS, NTFS)
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,8 @@ class BalanceReport:
     ``synthesis`` is M per class (eq. 3) for the balanced split. ``n_copied`` counts the files
     copied from IN (images and top-level dataset files); ``skipped`` are files not copied,
     ``excluded_sources`` copied images of the balanced split never drawn as synthesis sources.
+    ``repaired``: files of a finished OUT found missing or changed, for which the run was
+    written again (paths relative to OUT).
     """
 
     in_dir: Path
@@ -67,6 +81,7 @@ class BalanceReport:
     manifest: Path | None
     dry_run: bool
     already_done: bool
+    repaired: tuple[Path, ...] = ()
 
     @property
     def n_synthetic_planned(self) -> int:
@@ -101,7 +116,12 @@ def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | st
     ``workers`` processes check, copy and synthesise images; the output does not depend on
     their number. ``progress(done_increment, total)`` is called once with 0 when the total is
     known, then after every file written. Raises :class:`BalanceInputError` (a ``ValueError``)
-    for unusable folders or options; ``in_dir`` is only read.
+    for unusable folders or options and :class:`OutputFolderBusyError` while another run
+    writes ``out_dir``; ``in_dir`` is only read.
+
+    Symbolic links inside ``in_dir`` are followed, wherever they point: a linked image or class
+    folder is part of the dataset (datasets are often assembled from links into a central
+    store), and OUT receives a regular file with its bytes, never a link.
     """
     ratio = as_ratio(ratio)
     schedule = NoiseSchedule.linear() if schedule is None else schedule
@@ -111,19 +131,24 @@ def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | st
         raise BalanceInputError(f"workers must be an integer >= 1; got {workers!r}.")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     _check_folders(in_dir, out_dir)
-    with _process_map(workers) as parallel_map:
+    with process_map(workers) as parallel_map:
         inputs = read_input_folder(in_dir, parallel_map)
         counts = {split: {name: len(files) for name, files in classes.items()}
                   for split, classes in inputs.images.items()}
         synthesis = plan_synthesis(counts[inputs.balanced_split], ratio=ratio)
         record = _run_record(in_dir, inputs, counts, synthesis, ratio, settings, seed)
-        already_done = _check_out_dir(out_dir, record)
         rows, jobs = _plan_rows(in_dir, out_dir, inputs, synthesis, seed)
+        already_done = check_output_folder(out_dir, record)  # refused before OUT is created
+        repaired: list[Path] = []
         n_copied = n_synthetic = 0
-        if not (dry_run or already_done):
-            n_copied, n_synthetic = _write_output(
-                in_dir, out_dir, inputs, record, rows, partial(_synthesize, settings), jobs,
-                parallel_map, progress or _no_progress)
+        if not dry_run:
+            with locked_output_folder(out_dir):
+                already_done, repaired = _prepare_rerun(in_dir, out_dir, inputs, record, rows,
+                                                        parallel_map)
+                if not already_done:
+                    n_copied, n_synthetic = _write_output(
+                        in_dir, out_dir, inputs, record, rows, partial(_synthesize, settings),
+                        jobs, parallel_map, progress or _no_progress)
 
     after = {split: dict(classes) for split, classes in counts.items()}
     for name, added in synthesis.items():
@@ -134,30 +159,36 @@ def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | st
         synthesis=synthesis, n_copied=n_copied, n_synthetic=n_synthetic,
         skipped=tuple(inputs.skipped), excluded_sources=tuple(inputs.excluded_sources),
         manifest=None if dry_run else out_dir / MANIFEST_NAME,
-        dry_run=dry_run, already_done=already_done)
+        dry_run=dry_run, already_done=already_done, repaired=tuple(repaired))
 
 
 def _no_progress(done_increment: int, total: int) -> None:
     """The default progress callback."""
 
 
-@contextmanager
-def _process_map(workers: int) -> Iterator[Callable[..., Iterable[Any]]]:
-    """An order-keeping ``map`` over ``workers`` processes (the builtin ``map`` for one)."""
-    if workers == 1:
-        yield map
-        return
-    pool = ProcessPoolExecutor(max_workers=workers)
+def _prepare_rerun(in_dir: Path, out_dir: Path, inputs: InputFolder, record: dict[str, Any],
+                   rows: list[ManifestRow],
+                   parallel_map: Callable[..., Iterable[Any]]) -> tuple[bool, list[Path]]:
+    """Under the lock: whether OUT holds this run finished and verified, and the files found
+    missing or changed in a finished OUT (its manifest is then removed: it is rewritten)."""
+    finished = check_output_folder(out_dir, record)  # again: another run may have written OUT
+    copies = _copied_files(inputs)
+    expected = {Path(RUN_RECORD_NAME), Path(MANIFEST_NAME), *copies,
+                *(Path(row.path) for row in rows),
+                *(Path(split, name) for split, classes in inputs.images.items() for name in classes)}
+    clean_output_folder(out_dir, expected)
+    if not finished:
+        return False, []
+    mismatched = mismatched_files(in_dir, out_dir, copies, rows, parallel_map)
+    if mismatched:
+        (out_dir / MANIFEST_NAME).unlink()
+    return not mismatched, mismatched
 
-    def parallel_map(function: Callable[..., Any], *iterables: Iterable[Any]) -> Iterable[Any]:
-        columns = [list(iterable) for iterable in iterables]
-        chunksize = max(1, len(columns[0]) // (workers * 8))
-        return pool.map(function, *columns, chunksize=chunksize)
 
-    try:
-        yield parallel_map
-    finally:
-        pool.shutdown(cancel_futures=True)
+def _copied_files(inputs: InputFolder) -> list[Path]:
+    """Every file copied from IN as it is (relative to IN and OUT)."""
+    return inputs.dataset_files + [path for classes in inputs.images.values()
+                                   for files in classes.values() for path in files]
 
 
 def _write_output(in_dir: Path, out_dir: Path, inputs: InputFolder, record: dict[str, Any],
@@ -165,15 +196,15 @@ def _write_output(in_dir: Path, out_dir: Path, inputs: InputFolder, record: dict
                   synthesize: Callable[[_Job], list[tuple[int, float, str]]],
                   jobs: list[_Job], parallel_map: Callable[..., Iterable[Any]],
                   progress: Callable[[int, int], None]) -> tuple[int, int]:
-    """Run record first, then originals, synthetic images and the manifest (last)."""
-    originals = inputs.dataset_files + [path for classes in inputs.images.values()
-                                        for files in classes.values() for path in files]
+    """Run record first (OUT is then recognised as this run's), then originals, synthetic
+    images and the manifest (last)."""
+    originals = _copied_files(inputs)
     total = len(originals) + len(rows)
     progress(0, total)
+    atomic_write_bytes(out_dir / RUN_RECORD_NAME, json.dumps(record, indent=2).encode())
     for split, classes in inputs.images.items():
         for name in classes:  # empty val/test class folders are mirrored too
             (out_dir / split / name).mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_dir / RUN_RECORD_NAME, json.dumps(record, indent=2).encode())
     for _ in parallel_map(atomic_copy, [in_dir / path for path in originals],
                           [out_dir / path for path in originals]):
         progress(1, total)
@@ -207,17 +238,19 @@ def _plan_rows(in_dir: Path, out_dir: Path, inputs: InputFolder, synthesis: dict
     for class_index, (name, files) in enumerate(sorted(inputs.images[split].items())):
         sources = inputs.sources[name]
         if synthesis[name] and not sources:
-            raise BalanceInputError(
-                f"class folder {in_dir / split / name} needs {synthesis[name]} synthetic images "
-                f"but none of its {len(files)} images can be augmented (see the warnings); "
-                "convert them to 8- or 16-bit grayscale or RGB.")
+            _refuse_class_without_sources(in_dir / split / name, synthesis[name], files, inputs)
         names_taken = {path.name for path in files}
         for sample in plan_samples(seed, class_index, len(sources), synthesis[name]):
             source = sources[sample.source_index]
             target = source.with_name(f"syn_{source.stem}_{sample.k}.png")
             if target.name in names_taken:
-                raise BalanceInputError(f"{in_dir / target} would be overwritten by a synthetic "
-                                        "image of the same name; rename it.")
+                raise BalanceInputError(f"{printable_path(in_dir / target)} would be overwritten "
+                                        "by a synthetic image of the same name; rename it.")
+            if len(os.fsencode(target.name)) > _NAME_MAX:
+                raise BalanceInputError(
+                    f"{printable_path(in_dir / source)}: the name of its synthetic images "
+                    f"({printable_path(target.name)}) would exceed {_NAME_MAX} bytes; give it a "
+                    "shorter name.")
             variants.setdefault(in_dir / source, []).append(
                 _Variant(len(rows), out_dir / target, sample.seed))
             rows.append(ManifestRow(target.as_posix(), source.as_posix(), name, split, -1, 0.0,
@@ -225,15 +258,33 @@ def _plan_rows(in_dir: Path, out_dir: Path, inputs: InputFolder, synthesis: dict
     return rows, [_Job(source, tuple(group)) for source, group in variants.items()]
 
 
+def _refuse_class_without_sources(folder: Path, needed: int, files: list[Path],
+                                  inputs: InputFolder) -> None:
+    """The error for a class that needs synthetic images but has no usable source; it names one
+    image and why, since the caller only prints warnings for a run that succeeds."""
+    reasons = [excluded for excluded in inputs.excluded_sources if excluded.path.parent == folder]
+    example = f" ({printable_path(reasons[0].path.name)}: {reasons[0].reason})" if reasons else ""
+    raise BalanceInputError(
+        f"class folder {printable_path(folder)} needs {needed} synthetic images but none of its "
+        f"{len(files)} images can be augmented{example}; convert them to 8- or 16-bit "
+        "grayscale or RGB.")
+
+
 def _synthesize(settings: dict[str, Any], job: _Job) -> list[tuple[int, float, str]]:
     """Write the synthetic images (eqs. 1 and 4) of one source, each from its own seed;
-    returns (t, gamma, sha256) of each."""
+    returns (t, gamma, sha256) of each.
+
+    The pixels are augmented as stored and the source's EXIF orientation is carried over, so
+    viewers turn a synthetic image as they turn its source, and readers that ignore EXIF
+    (torchvision, pytorch-fid, qclassify) see both in the same orientation.
+    """
     image = read_image(job.source)
+    orientation = exif_orientation(image)
     outcomes = []
     for variant in job.variants:
         augmentor = DiffusionAugmentor(**settings, seed=variant.seed)
         draw = augmentor.sample_parameters(image)
-        data = encode_png(augmentor.transform(image, **draw._asdict()))
+        data = encode_png(augmentor.transform(image, **draw._asdict()), orientation=orientation)
         atomic_write_bytes(variant.target, data)
         outcomes.append((draw.t, draw.gamma, sha256_hex(data)))
     return outcomes
@@ -257,20 +308,3 @@ def _run_record(in_dir: Path, inputs: InputFolder, counts: dict[str, dict[str, i
     }
     return json.loads(json.dumps(record))
 
-
-def _check_out_dir(out_dir: Path, record: dict[str, Any]) -> bool:
-    """Whether OUT already holds this finished run; refuses an OUT holding anything else."""
-    if not out_dir.exists() or not any(out_dir.iterdir()):
-        return False
-    try:
-        previous = json.loads((out_dir / RUN_RECORD_NAME).read_text())
-    except (OSError, ValueError):
-        previous = None
-    if not isinstance(previous, dict):
-        raise BalanceInputError(f"output folder {out_dir} is not empty; choose a new or empty "
-                                "folder.")
-    if any(previous.get(key) != record[key] for key in _IDENTITY_KEYS):
-        raise BalanceInputError(f"output folder {out_dir} holds a diffaug run with other input "
-                                "or options; choose a new or empty folder.")
-    # Same run: finished if the manifest (written last) is there, else it is redone in place.
-    return (out_dir / MANIFEST_NAME).is_file()

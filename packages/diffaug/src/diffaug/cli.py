@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from diffaug.augment import as_ratio
-from diffaug.balance import BalanceReport, balance_folder
+from diffaug.balance import BalanceReport, OutputFolderBusyError, balance_folder
 from diffaug.features import (
     ENGINES,
     FidExtraMissingError,
@@ -25,6 +25,7 @@ from diffaug.features import (
     require_fid_extra,
 )
 from diffaug.fid import FID_DIMS, FidReport, compute_fid, fid_of_balanced_classes, save_fid_stats
+from diffaug.io import printable_path
 from diffaug.schedule import NoiseSchedule
 
 
@@ -97,7 +98,12 @@ def balance(in_dir: Path, out_dir: Path, ratio: Decimal, timesteps: int, beta_st
     IN holds class folders (IN/<class>/*) or split folders (IN/train/<class>/*, IN/val/...,
     IN/test/...; only train is balanced). OUT receives byte-identical copies of the originals
     and of IN's other top-level files, the synthetic images (syn_<stem>_<k>.png),
-    diffaug-manifest.csv and diffaug-run.json. Names starting with a dot are ignored.
+    diffaug-manifest.csv and diffaug-run.json. Names starting with a dot are ignored; links in
+    IN are followed and copied as files.
+
+    One run at a time per OUT (an flock on the OUT folder). Running the same command again
+    finishes an interrupted run, or verifies a finished one (every file's sha256 or bytes) and
+    rewrites it if anything is missing or changed.
     """
     started = time.perf_counter()
     if with_fid:
@@ -106,19 +112,23 @@ def balance(in_dir: Path, out_dir: Path, ratio: Decimal, timesteps: int, beta_st
     try:
         schedule = NoiseSchedule.linear(timesteps=timesteps, beta_start=beta_start,
                                         beta_end=beta_end)
-        with _progress(quiet or dry_run, "Balancing") as progress:
+        with _warnings_as_lines(), _progress(quiet or dry_run, "Balancing") as progress:
             report = balance_folder(in_dir, out_dir, ratio=ratio, schedule=schedule,
                                     blur_sigma=blur_sigma, brightness=brightness, seed=seed,
                                     workers=workers, dry_run=dry_run, progress=progress)
     except ValueError as err:
         raise InputError(str(err)) from None
-    except OSError as err:
+    except (OSError, OutputFolderBusyError) as err:
         raise click.ClickException(str(err)) from None
     for skipped in report.skipped:
-        click.echo(f"Warning: skipped {skipped.path}: {skipped.reason}", err=True)
+        click.echo(f"Warning: skipped {printable_path(skipped.path)}: {skipped.reason}", err=True)
     for excluded in report.excluded_sources:
-        click.echo(f"Warning: copied {excluded.path} but not used to synthesise: "
-                   f"{excluded.reason}", err=True)
+        click.echo(f"Warning: copied {printable_path(excluded.path)} but not used to "
+                   f"synthesise: {excluded.reason}", err=True)
+    if report.repaired:
+        click.echo(f"Warning: {len(report.repaired)} files of the finished run in "
+                   f"{printable_path(report.out_dir)} were missing or changed (first: "
+                   f"{printable_path(report.repaired[0])}); the run was written again.", err=True)
     click.echo(_format_plan(report))
     click.echo(_format_summary(report, time.perf_counter() - started))
     if with_fid and not report.dry_run:
@@ -154,11 +164,20 @@ def _format_summary(report: BalanceReport, seconds: float) -> str:
 
 
 @contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """After the block succeeds, the library's warnings as ``Warning:`` lines on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        yield
+    for warning in caught:
+        click.echo(f"Warning: {warning.message}", err=True)
+
+
+@contextlib.contextmanager
 def _fid_errors() -> Iterator[None]:
     """FID failures as one ``Error:`` line; after success, the library's warnings as
     ``Warning:`` lines on stderr."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
+    with _warnings_as_lines():
         try:
             yield
         except (FidExtraMissingError, InceptionWeightsError) as err:
@@ -167,8 +186,6 @@ def _fid_errors() -> Iterator[None]:
             raise InputError(str(err)) from None
         except OSError as err:
             raise click.ClickException(str(err)) from None
-    for warning in caught:
-        click.echo(f"Warning: {warning.message}", err=True)
 
 
 def _format_fid(report: FidReport) -> str:

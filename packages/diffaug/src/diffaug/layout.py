@@ -6,7 +6,13 @@ Layouts: class folders (``IN/<class>/*``) or split folders (``IN/train/<class>/*
 (``.DS_Store``, ``.ipynb_checkpoints/``) are ignored everywhere. Every readable image of a class
 folder is an original (copied, counted for eq. 3); a sub-folder of a class folder is not
 searched, and is named in a warning. Top-level regular files of IN that are not images (a
-README, a dataset's source record) belong to the dataset and are copied as they are.
+README, a dataset's source record) belong to the dataset and are copied as they are. Entries
+that are not regular files or folders (FIFOs, sockets, devices) are skipped unread, with a
+warning: opening a FIFO would wait forever.
+
+Symbolic links are followed (see :func:`diffaug.balance_folder`). File and folder names must be
+valid UTF-8 (the manifest and run record are UTF-8 text): a name that is not is refused, naming
+it, before anything is written, rather than carried through as undecodable bytes.
 
 Images whose mode cannot be augmented (P, 1, CMYK, F, I beyond 16 bits: see
 :mod:`diffaug.modes`) are still originals, but are not drawn as synthesis sources: converting
@@ -25,6 +31,7 @@ from diffaug.io import (
     RUN_RECORD_NAME,
     UnreadableImageError,
     has_image_extension,
+    printable_path,
     read_image,
 )
 from diffaug.modes import UnsupportedModeError, bit_depth
@@ -35,6 +42,7 @@ __all__ = ["BALANCED_SPLIT", "SPLITS", "BalanceInputError", "InputFolder", "Skip
 SPLITS = ("train", "val", "test")
 BALANCED_SPLIT = "train"
 _OWN_FILES = (RUN_RECORD_NAME, MANIFEST_NAME)  # an earlier run's, when IN is a diffaug OUT
+_NOT_REGULAR = "not a regular file (a FIFO, socket or device is not read)"
 
 
 class BalanceInputError(ValueError):
@@ -91,6 +99,8 @@ def read_input_folder(in_dir: Path,
                 if path.is_dir():
                     skipped.append(SkippedFile(path, "a sub-folder of a class folder is not an "
                                                      "image (not searched, not copied)"))
+                elif not path.is_file():
+                    skipped.append(SkippedFile(path, _NOT_REGULAR))
                 elif not has_image_extension(path):
                     skipped.append(SkippedFile(path, "not an image file (by its extension)"))
                 else:
@@ -113,19 +123,30 @@ def read_input_folder(in_dir: Path,
     where = in_dir / balanced_split
     classes = images[balanced_split]
     if len(classes) < 2:
-        raise BalanceInputError(f"{where} needs at least 2 class folders to balance; found "
-                                f"{len(classes)} ({', '.join(classes) or 'none'}).")
+        names = ", ".join(printable_path(name) for name in classes) or "none"
+        raise BalanceInputError(f"{printable_path(where)} needs at least 2 class folders to "
+                                f"balance; found {len(classes)} ({names}).")
     for name, files in classes.items():
         if not files:
-            raise BalanceInputError(f"class folder {where / name} holds no readable images.")
+            raise BalanceInputError(f"class folder {printable_path(where / name)} holds no "
+                                    "readable images.")
     return InputFolder(layout, balanced_split, images, sources, dataset_files,
                        sorted(skipped, key=lambda s: s.path),
                        sorted(excluded, key=lambda s: s.path))
 
 
 def _visible_entries(folder: Path) -> list[Path]:
-    """The sorted entries of ``folder`` without dot-entries (.DS_Store, .ipynb_checkpoints)."""
-    return sorted(entry for entry in folder.iterdir() if not entry.name.startswith("."))
+    """The sorted entries of ``folder`` without dot-entries (.DS_Store, .ipynb_checkpoints);
+    raises :class:`BalanceInputError` for a name that is not valid UTF-8."""
+    entries = sorted(entry for entry in folder.iterdir() if not entry.name.startswith("."))
+    for entry in entries:
+        try:
+            entry.name.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes, kept by Python as lone surrogates
+            raise BalanceInputError(
+                f"{printable_path(entry)}: the name is not valid UTF-8; rename it (the manifest "
+                "and run record name every file in UTF-8).") from None
+    return entries
 
 
 def _find_layout(in_dir: Path) -> tuple[str, str, dict[str, Path]]:
@@ -134,8 +155,8 @@ def _find_layout(in_dir: Path) -> tuple[str, str, dict[str, Path]]:
     if not split_names:
         return "classes", "", {"": in_dir}
     if BALANCED_SPLIT not in split_names:
-        raise BalanceInputError(f"{in_dir} has {'/, '.join(split_names)}/ but no "
-                                f"{BALANCED_SPLIT}/ folder to balance.")
+        raise BalanceInputError(f"{printable_path(in_dir)} has {'/, '.join(split_names)}/ but "
+                                f"no {BALANCED_SPLIT}/ folder to balance.")
     return "splits", BALANCED_SPLIT, {name: in_dir / name for name in SPLITS if name in split_names}
 
 
@@ -148,7 +169,7 @@ def _top_level_files(in_dir: Path, roots: dict[str, Path]) -> tuple[list[Path], 
             if split_layout and entry not in roots.values():
                 skipped.append(SkippedFile(entry, f"not a {'/'.join(SPLITS)} folder"))
         elif not entry.is_file():
-            skipped.append(SkippedFile(entry, "not a regular file"))
+            skipped.append(SkippedFile(entry, _NOT_REGULAR))
         elif has_image_extension(entry):
             skipped.append(SkippedFile(entry, "an image outside the class folders"))
         elif entry.name in _OWN_FILES:
