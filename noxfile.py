@@ -40,7 +40,9 @@ def run_isolated(session: nox.Session, package: str, *, torch_free: bool = False
     if torch_free:
         session.run("python", "-c", "import importlib.util as u, sys; "
                     "sys.exit('torch is installed' if u.find_spec('torch') else 0)")
-    session.run("pytest", f"tests/{package}", *session.posargs)
+    # The package's own tests and its adversarial (hardening) tests.
+    adversarial = sorted(str(p) for p in Path("tests/adversarial").glob(f"test_{package}_*.py"))
+    session.run("pytest", f"tests/{package}", *adversarial, *session.posargs)
 
 
 @nox.session
