@@ -18,10 +18,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from PIL import Image
 
 from qclassify import train
+from qclassify.__main__ import INTERRUPTED_EXIT_CODE, INTERRUPTED_MESSAGE
 from qclassify.compare import compare as compare_runs
-from qclassify.config import LR_SCHEDULES, THRESHOLD_RULES, TrainConfig
+from qclassify.config import (
+    LR_SCHEDULES,
+    MAX_IMAGE_SIZE,
+    MAX_QLAYERS,
+    MAX_QUBITS,
+    THRESHOLD_RULES,
+    TrainConfig,
+)
 from qclassify.inference import evaluate_run, predict_paths
 from qclassify.metrics import METRIC_NAMES
 from qclassify.models import MODEL_NAMES, resolve_device
@@ -99,10 +108,10 @@ def _check_weights(ctx: click.Context, param: click.Parameter, value: str) -> st
 _OPEN_UNIT_INTERVAL = click.FloatRange(0, 1, min_open=True, max_open=True)
 
 training_options = _compose(
-    click.option("--qubits", type=click.IntRange(min=1), default=_DEFAULTS.qubits,
-                 show_default=True, help="Qubits n of the quantum layer (reduction to 2^n)."),
-    click.option("--qlayers", type=click.IntRange(min=1), default=_DEFAULTS.qlayers,
-                 show_default=True, help="RY + CNOT layers of the quantum circuit."),
+    click.option("--qubits", type=click.IntRange(min=1, max=MAX_QUBITS),
+                 default=_DEFAULTS.qubits, show_default=True, help="Qubits n of the quantum layer (reduction to 2^n)."),
+    click.option("--qlayers", type=click.IntRange(min=1, max=MAX_QLAYERS),
+                 default=_DEFAULTS.qlayers, show_default=True, help="RY + CNOT layers of the quantum circuit."),
     click.option("--q-backend", type=click.Choice(BACKENDS), default=_DEFAULTS.q_backend,
                  show_default=True, help="Circuit simulation: exact PyTorch or PennyLane."),
     click.option("--q-device", default=_DEFAULTS.q_device, show_default=True,
@@ -123,8 +132,8 @@ training_options = _compose(
     click.option("--patience", type=click.IntRange(min=1), default=_DEFAULTS.patience,
                  show_default=True,
                  help="Stop after this many epochs without a lower validation loss."),
-    click.option("--image-size", type=click.IntRange(min=1), default=_DEFAULTS.image_size,
-                 show_default=True, help="Images are resized to this square size."),
+    click.option("--image-size", type=click.IntRange(min=1, max=MAX_IMAGE_SIZE),
+                 default=_DEFAULTS.image_size, show_default=True, help="Images are resized to this square size."),
     click.option("--weights", default=_DEFAULTS.weights, show_default=True,
                  callback=_check_weights,
                  help="imagenet (torchvision, downloaded once), none (from scratch), or the "
@@ -162,13 +171,27 @@ def _one_line_errors() -> Iterator[None]:
 def _warnings_as_lines() -> Iterator[None]:
     """Each warning (e.g. a skipped unreadable image) as one ``warning: ...`` line on stderr."""
     with warnings.catch_warnings():
+        # PIL's names no file; qclassify.images.read_image warns about the same image by name.
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         warnings.showwarning = lambda message, *args, **kwargs: click.echo(
             f"warning: {message}", err=True
         )
         yield
 
 
-@click.group()
+class _Commands(click.Group):
+    """Ctrl-C in any command: one line and the shell's status 130, not click's "Aborted!" and 1
+    (the same as `qclassify.__main__.run` for Ctrl-C while the package is being imported)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo(INTERRUPTED_MESSAGE, err=True)
+            raise click.exceptions.Exit(INTERRUPTED_EXIT_CODE) from None
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="qclassify")
 @click.pass_context
 def main(ctx: click.Context) -> None:
