@@ -219,15 +219,26 @@ def check_same_originals(data_dir: Path, augmented_dir: Path, config: TrainConfi
                                    test_fraction=config.test_fraction)
         return {(s.path, s.class_name): s.split for s in dataset.samples if not s.synthetic}
 
+    def test_images(split_of: dict[tuple[str, str], str]) -> set[tuple[str, str]]:
+        return {key for key, split in split_of.items() if split == "test"}
+
     original, augmented = originals(data_dir), originals(augmented_dir)
-    differing = sorted(key for key in original.keys() | augmented.keys()
-                       if original.get(key) != augmented.get(key))
-    if not differing:
-        differing = [key for key in sorted(original)
-                     if not filecmp.cmp(data_dir / key[0], augmented_dir / key[0], shallow=False)]
+    _refuse_differences("test images", sorted(test_images(original) ^ test_images(augmented)),
+                        data_dir, augmented_dir)
+    _refuse_differences("original images", sorted(
+        key for key in original.keys() | augmented.keys()
+        if original.get(key) != augmented.get(key)), data_dir, augmented_dir)
+    _refuse_differences("original images", [
+        key for key in sorted(original)
+        if not filecmp.cmp(data_dir / key[0], augmented_dir / key[0], shallow=False)],
+        data_dir, augmented_dir)
+
+
+def _refuse_differences(what: str, differing: list[tuple[str, str]], data_dir: Path,
+                        augmented_dir: Path) -> None:
     if differing:
         raise ValueError(
-            f"the original images of {augmented_dir} differ from those of {data_dir} "
+            f"the {what} of {augmented_dir} differ from those of {data_dir} "
             f"({len(differing)} differ, first: {differing[0][0]}); --augmented must be the "
             "output of `diffaug balance DATA AUG` for this DATA"
         )

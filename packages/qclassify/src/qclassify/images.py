@@ -88,7 +88,9 @@ def _warn_if_huge(path: str | Path, image: Image.Image) -> None:
     if limit is not None and pixels > limit:
         warnings.warn(f"{path} has {pixels} pixels, more than PIL's decompression-bomb limit of "
                       f"{limit}; reading it anyway (check that it is a genuine image)",
-                      stacklevel=3)
+                      # Attributed to this line whoever reads the image, so Python's
+                      # once-per-location rule shows it once per file.
+                      stacklevel=1)
 
 
 def make_preprocess(image_size: int, *, augment: bool = False) -> v2.Compose:
