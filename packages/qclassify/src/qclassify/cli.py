@@ -18,15 +18,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from PIL import Image
 
 from qclassify import train
+from qclassify.__main__ import INTERRUPTED_EXIT_CODE, INTERRUPTED_MESSAGE
 from qclassify.compare import compare as compare_runs
-from qclassify.config import LR_SCHEDULES, THRESHOLD_RULES, TrainConfig
+from qclassify.config import (
+    LR_SCHEDULES,
+    MAX_IMAGE_SIZE,
+    MAX_QLAYERS,
+    MAX_QUBITS,
+    THRESHOLD_RULES,
+    TrainConfig,
+)
 from qclassify.inference import evaluate_run, predict_paths
 from qclassify.metrics import METRIC_NAMES
 from qclassify.models import MODEL_NAMES, resolve_device
 from qclassify.quantum import BACKENDS
-from qclassify.runfolder import METRICS_FILE, MODEL_FILE
+from qclassify.runfolder import METRICS_FILE, MODEL_FILE, check_separate
 from qclassify.train import EpochRecord
 
 __all__ = [
@@ -99,10 +108,12 @@ def _check_weights(ctx: click.Context, param: click.Parameter, value: str) -> st
 _OPEN_UNIT_INTERVAL = click.FloatRange(0, 1, min_open=True, max_open=True)
 
 training_options = _compose(
-    click.option("--qubits", type=click.IntRange(min=1), default=_DEFAULTS.qubits,
-                 show_default=True, help="Qubits n of the quantum layer (reduction to 2^n)."),
-    click.option("--qlayers", type=click.IntRange(min=1), default=_DEFAULTS.qlayers,
-                 show_default=True, help="RY + CNOT layers of the quantum circuit."),
+    click.option("--qubits", type=click.IntRange(min=1, max=MAX_QUBITS),
+                 default=_DEFAULTS.qubits, show_default=True,
+                 help="Qubits n of the quantum layer (reduction to 2^n)."),
+    click.option("--qlayers", type=click.IntRange(min=1, max=MAX_QLAYERS),
+                 default=_DEFAULTS.qlayers, show_default=True,
+                 help="RY + CNOT layers of the quantum circuit."),
     click.option("--q-backend", type=click.Choice(BACKENDS), default=_DEFAULTS.q_backend,
                  show_default=True, help="Circuit simulation: exact PyTorch or PennyLane."),
     click.option("--q-device", default=_DEFAULTS.q_device, show_default=True,
@@ -123,8 +134,9 @@ training_options = _compose(
     click.option("--patience", type=click.IntRange(min=1), default=_DEFAULTS.patience,
                  show_default=True,
                  help="Stop after this many epochs without a lower validation loss."),
-    click.option("--image-size", type=click.IntRange(min=1), default=_DEFAULTS.image_size,
-                 show_default=True, help="Images are resized to this square size."),
+    click.option("--image-size", type=click.IntRange(min=1, max=MAX_IMAGE_SIZE),
+                 default=_DEFAULTS.image_size, show_default=True,
+                 help="Images are resized to this square size."),
     click.option("--weights", default=_DEFAULTS.weights, show_default=True,
                  callback=_check_weights,
                  help="imagenet (torchvision, downloaded once), none (from scratch), or the "
@@ -158,17 +170,42 @@ def _one_line_errors() -> Iterator[None]:
         raise click.ClickException(" ".join(str(err).split())) from err
 
 
+def _check_out(out: Path, *data_dirs: Path | None) -> None:
+    """--out inside a data folder (or containing one) is a usage error, exit status 2, as
+    `diffaug balance` refuses OUT inside IN; the library checks it again for its own callers."""
+    for data_dir in data_dirs:
+        if data_dir is not None:
+            try:
+                check_separate(out, data_dir)
+            except ValueError as err:
+                raise click.UsageError(str(err)) from None
+
+
 @contextlib.contextmanager
 def _warnings_as_lines() -> Iterator[None]:
     """Each warning (e.g. a skipped unreadable image) as one ``warning: ...`` line on stderr."""
     with warnings.catch_warnings():
+        # PIL's names no file; qclassify.images.read_image warns about the same image by name.
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         warnings.showwarning = lambda message, *args, **kwargs: click.echo(
             f"warning: {message}", err=True
         )
         yield
 
 
-@click.group()
+class _Commands(click.Group):
+    """Ctrl-C in any command: one line and the shell's status 130, not click's "Aborted!" and 1
+    (the same as `qclassify.__main__.run` for Ctrl-C while the package is being imported)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo(INTERRUPTED_MESSAGE, err=True)
+            raise click.exceptions.Exit(INTERRUPTED_EXIT_CODE) from None
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="qclassify")
 @click.pass_context
 def main(ctx: click.Context) -> None:
@@ -189,6 +226,7 @@ def fit(data: Path, out: Path | None, overwrite: bool, quiet: bool, **options: A
     """Train a model on DATA (DATA/<class>/* or DATA/train|val|test/<class>/*)."""
     config = TrainConfig(**options)
     run_dir = out or Path("runs") / f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
+    _check_out(run_dir, data)
 
     def log_epoch(record: EpochRecord) -> None:
         click.echo(record.summary(config.epochs))
@@ -274,6 +312,7 @@ def compare(data: Path, augmented: Path | None, models: tuple[str, ...], out: Pa
     """Section 3 of the paper on DATA: the proposed model (qmobilenet on the balanced data),
     four baselines and two ablations, all tested on DATA's test images, with paired tests."""
     selected = [name for entry in models for name in entry.split(",") if name.strip()]
+    _check_out(out, data, augmented)
     with _one_line_errors():
         result = compare_runs(data, augmented, out, models=selected or None,
                               train_config=TrainConfig(**options), n_bootstrap=n_bootstrap,

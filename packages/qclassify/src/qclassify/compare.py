@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import filecmp
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,10 +23,16 @@ from tqdm.auto import tqdm
 
 from qclassify.config import TrainConfig, run_is_complete
 from qclassify.data import discover_dataset
-from qclassify.inference import evaluate_run
+from qclassify.inference import check_positive, evaluate_run
 from qclassify.models import MODEL_NAMES
 from qclassify.results import RunOutcome, write_report
-from qclassify.runfolder import METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE, read_json
+from qclassify.runfolder import (
+    METRICS_FILE,
+    MODEL_FILE,
+    PREDICTIONS_FILE,
+    check_separate,
+    read_json,
+)
 from qclassify.train import fit
 
 __all__ = ["DATA_SETTINGS", "DEFAULT_RUNS", "CompareResult", "RunSpec", "compare", "select_runs"]
@@ -143,14 +150,23 @@ def compare(
             recipe by default. Its seed also seeds the bootstrap.
         positive: positive class of a two-class task; default the training minority.
 
+    Every option, folder and the data are checked before the first run is trained.
+
     Raises:
-        ValueError: bad data or options, AUG whose test images differ from DATA's, runs that
-            disagree on the test set or positive class.
+        ValueError: bad data or options, a report folder overlapping DATA or AUG, AUG whose
+            originals differ from DATA's, runs that disagree on the test set or positive class.
     """
     config = train_config or TrainConfig()
+    config.validate()
     data_dir, report_dir = Path(data_dir), Path(report_dir)
     augmented_dir = None if augmented_dir is None else Path(augmented_dir)
     runs, skipped = select_runs(models, has_augmented=augmented_dir is not None)
+    for source in (data_dir, augmented_dir):
+        if source is not None:
+            check_separate(report_dir, source)
+    dataset = discover_dataset(data_dir, seed=config.seed, val_fraction=config.val_fraction,
+                               test_fraction=config.test_fraction)
+    check_positive(positive, dataset.class_names)
     if skipped:
         warnings.warn(
             f"no --augmented data given: running only the original-data runs; skipped "
@@ -159,7 +175,7 @@ def compare(
             stacklevel=2,
         )
     if any(spec.data == "balanced" for spec in runs):
-        check_same_test_split(data_dir, augmented_dir, config)
+        check_same_originals(data_dir, augmented_dir, config)
     sources = {"original": data_dir, "balanced": augmented_dir}
 
     trained, outcomes = [], []
@@ -189,22 +205,40 @@ def compare(
     return CompareResult(report_dir, runs, reference, trained, skipped, rows, files)
 
 
-def check_same_test_split(data_dir: Path, augmented_dir: Path, config: TrainConfig) -> None:
-    """Raise ValueError unless AUG's test split holds exactly DATA's test images.
+def check_same_originals(data_dir: Path, augmented_dir: Path, config: TrainConfig) -> None:
+    """Raise ValueError unless AUG's original images are DATA's, at the same paths, in the same
+    classes and splits, byte for byte.
 
-    The trainer splits DATA and AUG the same way (originals sorted by path, same seed), so a
-    difference means AUG is not a diffaug copy of DATA (or DATA changed since).
+    diffaug copies every original byte-identical, and the trainer splits DATA and AUG the same
+    way (originals sorted by path, same seed); a difference means AUG is not a diffaug copy of
+    this DATA (or either changed since), and its runs would be trained on other images than the
+    test split assumes.
     """
-    def test_images(root: Path) -> set[tuple[str, str]]:
+    def originals(root: Path) -> dict[tuple[str, str], str]:
         dataset = discover_dataset(root, seed=config.seed, val_fraction=config.val_fraction,
                                    test_fraction=config.test_fraction)
-        return {(s.path, s.class_name) for s in dataset.subset("test", originals_only=True)}
+        return {(s.path, s.class_name): s.split for s in dataset.samples if not s.synthetic}
 
-    original, augmented = test_images(data_dir), test_images(augmented_dir)
-    if original != augmented:
-        differing = sorted(original ^ augmented)
+    def test_images(split_of: dict[tuple[str, str], str]) -> set[tuple[str, str]]:
+        return {key for key, split in split_of.items() if split == "test"}
+
+    original, augmented = originals(data_dir), originals(augmented_dir)
+    _refuse_differences("test images", sorted(test_images(original) ^ test_images(augmented)),
+                        data_dir, augmented_dir)
+    _refuse_differences("original images", sorted(
+        key for key in original.keys() | augmented.keys()
+        if original.get(key) != augmented.get(key)), data_dir, augmented_dir)
+    _refuse_differences("original images", [
+        key for key in sorted(original)
+        if not filecmp.cmp(data_dir / key[0], augmented_dir / key[0], shallow=False)],
+        data_dir, augmented_dir)
+
+
+def _refuse_differences(what: str, differing: list[tuple[str, str]], data_dir: Path,
+                        augmented_dir: Path) -> None:
+    if differing:
         raise ValueError(
-            f"the test images of {augmented_dir} differ from those of {data_dir} "
+            f"the {what} of {augmented_dir} differ from those of {data_dir} "
             f"({len(differing)} differ, first: {differing[0][0]}); --augmented must be the "
             "output of `diffaug balance DATA AUG` for this DATA"
         )

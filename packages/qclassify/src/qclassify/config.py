@@ -14,9 +14,11 @@ from torch import nn
 
 from qclassify.data import SPLITS, DatasetSplit
 from qclassify.models import MODEL_NAMES, check_image_size, count_parameters
+from qclassify.quantum import BACKENDS
 from qclassify.runfolder import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, read_json
 
-__all__ = ["DEFAULT_Q_DEVICE", "LR_SCHEDULES", "PLACEMENT_OPTIONS", "THRESHOLD_RULES", "TrainConfig", "run_info", "run_is_complete"]
+__all__ = ["DEFAULT_Q_DEVICE", "LR_SCHEDULES", "MAX_IMAGE_SIZE", "MAX_QLAYERS", "MAX_QUBITS",
+           "PLACEMENT_OPTIONS", "THRESHOLD_RULES", "TrainConfig", "run_info", "run_is_complete"]
 
 # Options that decide where a run is computed, not what it computes: a finished run is reused
 # whatever they were.
@@ -26,6 +28,13 @@ DEFAULT_Q_DEVICE = "default.qubit"
 # Youden-optimal threshold on the positive-class probability.
 THRESHOLD_RULES = ("argmax", "youden")
 LR_SCHEDULES = ("constant", "cosine")
+# Upper bounds that keep a model buildable in memory, checked before any tensor is allocated
+# (a crafted checkpoint or option must give an error, not an allocator failure): n qubits need
+# Linear(1280, 2^n), 335 MB of weights at n = 16; the paper uses n = 8 and L = 2.
+MAX_QUBITS = 16
+MAX_QLAYERS = 100
+# 3 x 4096^2 float32 inputs are 200 MB per image; the paper uses 224.
+MAX_IMAGE_SIZE = 4096
 _VERSIONED_PACKAGES = ("qclassify", "torch", "torchvision", "pennylane", "numpy", "scikit-learn")
 
 
@@ -61,6 +70,13 @@ class TrainConfig:
         for name in ("qubits", "qlayers", "epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        for name, most in (("qubits", MAX_QUBITS), ("qlayers", MAX_QLAYERS),
+                           ("image_size", MAX_IMAGE_SIZE)):
+            if getattr(self, name) > most:
+                raise ValueError(f"--{name.replace('_', '-')} must be at most {most}")
+        if self.q_backend not in BACKENDS:
+            raise ValueError(f"--q-backend must be one of {', '.join(BACKENDS)}; "
+                             f"got {self.q_backend!r}")
         if self.num_workers < 0:
             raise ValueError("--num-workers must be 0 or more")
         if not (self.lr > 0 and self.weight_decay >= 0):

@@ -13,12 +13,18 @@ dot-entries (``.DS_Store``, ``.ipynb_checkpoints/``) are ignored.
 
 A ``diffaug-manifest.csv`` in DATA lists synthetic images and their sources. A synthetic image
 goes to train only, and only when its source is in train; it never reaches val or test, so the
-test metrics are computed on originals only.
+test metrics are computed on originals only. Because a synthetic image taken for an original
+leaks into val/test, a manifest that does not parse or names missing files is refused, and so
+is a file named like a diffaug synthetic image (``syn_<stem>_<k>.png``) that the manifest does
+not list. Paths are compared in one form on both sides: POSIX, relative to DATA, exactly as
+written (a backslash is a legal character of a POSIX file name, not a separator).
 """
 
 from __future__ import annotations
 
 import csv
+import os
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -42,6 +48,11 @@ __all__ = [
 
 SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "diffaug-manifest.csv"
+# diffaug's run record, written before any image: with it but without a manifest, DATA is an
+# unfinished diffaug output whose synthetic images are listed nowhere yet.
+RUN_RECORD_NAME = "diffaug-run.json"
+# How diffaug names a synthetic image: syn_<source-stem>_<k>.png.
+_SYNTHETIC_NAME = re.compile(r"syn_.+_\d+\.png")
 SPLIT_COLUMNS = ("path", "class", "split", "synthetic")
 
 
@@ -90,17 +101,58 @@ class DatasetSplit:
 def read_manifest(root: str | Path) -> dict[str, str]:
     """Synthetic image -> source image (POSIX paths relative to `root`) from its diffaug manifest.
 
-    Returns an empty dict when there is no manifest.
+    Returns an empty dict when there is no manifest. Any CSV dialect detail Python's csv module
+    writes is read back: quoted fields with commas, quotes, ``\\r`` or ``\\n``, and ``\\n`` or
+    ``\\r\\n`` line ends.
+
+    Raises:
+        ValueError: the manifest is not UTF-8 CSV with ``path`` and ``source`` columns, has a
+            row of the wrong length or a path outside `root`, or names a file `root` lacks.
     """
-    manifest = Path(root) / MANIFEST_NAME
+    root = Path(root)
+    manifest = root / MANIFEST_NAME
     if not manifest.is_file():
         return {}
-    with manifest.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"path", "source"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{manifest}: missing column(s) {', '.join(sorted(missing))}")
-        return {_posix(row["path"]): _posix(row["source"]) for row in reader}
+    sources = dict(_manifest_pairs(manifest))
+    missing = [path for pair in sources.items() for path in pair if not (root / path).is_file()]
+    if missing:
+        raise ValueError(
+            f"{manifest} names {len(missing)} file(s) that are not in {root} (first: "
+            f"{missing[0]}): it does not describe this folder; restore the files or rerun "
+            "`diffaug balance`"
+        )
+    return sources
+
+
+def _manifest_pairs(manifest: Path) -> list[tuple[str, str]]:
+    """(path, source) of every row, checked: whole rows, relative paths inside the folder."""
+    pairs = []
+    try:
+        with manifest.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"path", "source"} - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"{manifest}: missing column(s) {', '.join(sorted(missing))}")
+            for row in reader:
+                # DictReader files surplus fields under None and fills short rows with None.
+                if None in row or None in row.values():
+                    raise ValueError(
+                        f"{manifest} line {reader.line_num}: the row does not have the "
+                        f"{len(reader.fieldnames)} fields of the header; the manifest is damaged"
+                    )
+                pairs.append((_manifest_path(manifest, reader.line_num, row["path"]),
+                              _manifest_path(manifest, reader.line_num, row["source"])))
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise ValueError(f"{manifest} does not parse as UTF-8 CSV ({err})") from err
+    return pairs
+
+
+def _manifest_path(manifest: Path, line: int, value: str) -> str:
+    """A manifest path in the canonical form of discovered paths (`_class_folder_images`)."""
+    path = PurePosixPath(value)
+    if not value or path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"{manifest} line {line}: {value!r} is not a path inside its folder")
+    return path.as_posix()
 
 
 def discover_dataset(
@@ -117,11 +169,13 @@ def discover_dataset(
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"data folder {root} does not exist or is not a folder")
-    synthetic_sources = read_manifest(root)
     if (root / "train").is_dir():
         layout, candidates = "split", _split_layout(root)
     else:
         layout, candidates = "flat", _flat_layout(root)
+    _check_utf8_names(root, candidates)
+    synthetic_sources = read_manifest(root)
+    _check_no_unlisted_synthetic(root, candidates, synthetic_sources)
     candidates = _drop_unreadable(root, candidates)
     class_names = tuple(sorted({class_name for _, class_name, _ in candidates}))
     if not class_names:
@@ -175,8 +229,46 @@ def read_split_csv(path: str | Path) -> list[Sample]:
 _Candidate = tuple[str, str, str]
 
 
-def _posix(path: str) -> str:
-    return PurePosixPath(path.replace("\\", "/")).as_posix()
+def _check_utf8_names(root: Path, candidates: list[_Candidate]) -> None:
+    """Refuse, before anything is written, a file name that is not UTF-8: the run folder's
+    CSV files record paths as UTF-8 text."""
+    for path, _, _ in candidates:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            # os.fsencode gives back the name's bytes; the undecodable ones print as \xNN.
+            shown = os.fsencode(root / path).decode("utf-8", "backslashreplace")
+            raise ValueError(f"file name {shown} is not valid UTF-8; rename it") from None
+
+
+def _check_no_unlisted_synthetic(
+    root: Path, candidates: list[_Candidate], synthetic_sources: dict[str, str]
+) -> None:
+    """A file named like a diffaug synthetic image but listed in no manifest would be taken for
+    an original and could land in val or test: refused when DATA is a diffaug output (it has a
+    manifest or a run record), a warning otherwise (the name alone proves nothing)."""
+    unlisted = [path for path, _, _ in candidates
+                if path not in synthetic_sources
+                and _SYNTHETIC_NAME.fullmatch(PurePosixPath(path).name)]
+    if not unlisted:
+        return
+    manifest = root / MANIFEST_NAME
+    if manifest.is_file():
+        raise ValueError(
+            f"{root / unlisted[0]} is named like a diffaug synthetic image but {manifest} does "
+            f"not list it ({len(unlisted)} such file(s)); remove them or rerun `diffaug balance`, "
+            "so that no synthetic image is taken for an original"
+        )
+    if (root / RUN_RECORD_NAME).is_file():
+        raise ValueError(
+            f"{root} holds {RUN_RECORD_NAME} but no {MANIFEST_NAME}: an unfinished `diffaug "
+            "balance` output; finish it (rerun the same command) before training on it"
+        )
+    warnings.warn(
+        f"{len(unlisted)} file(s) named like diffaug synthetic images (first: "
+        f"{root / unlisted[0]}) but {root} has no {MANIFEST_NAME}: they are used as originals",
+        stacklevel=3,
+    )
 
 
 def _class_folder_images(root: Path, folder: Path, split: str) -> list[_Candidate]:

@@ -7,6 +7,7 @@ bit depth (8-bit / 255, 16-bit / 65535) before anything else happens.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,13 +63,16 @@ def read_image(path: str | Path) -> torch.Tensor:
 
     The scale follows the file's bit depth: 8-bit values are divided by 255, 16-bit values
     (PIL modes ``I;16*`` and ``I``) by 65535; float images (``F``) are clipped to [0, 1].
-    Alpha channels are dropped and palette images expanded to RGB.
+    Alpha channels are dropped and palette images expanded to RGB. An image above PIL's
+    decompression-bomb warning size is read with a warning that names it (PIL's own names no
+    file).
 
     Raises:
         ValueError: the file is missing, not an image, truncated, or a decompression bomb.
     """
     try:
         with Image.open(path) as image:
+            _warn_if_huge(path, image)
             image.load()
             values = _pixels(image)
     # DecompressionBombError (a plain Exception): more pixels than PIL's MAX_IMAGE_PIXELS allows.
@@ -76,6 +80,17 @@ def read_image(path: str | Path) -> torch.Tensor:
         raise ValueError(f"cannot read image {path}: {err}") from err
     tensor = torch.from_numpy(values)
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+def _warn_if_huge(path: str | Path, image: Image.Image) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = image.width * image.height
+    if limit is not None and pixels > limit:
+        warnings.warn(f"{path} has {pixels} pixels, more than PIL's decompression-bomb limit of "
+                      f"{limit}; reading it anyway (check that it is a genuine image)",
+                      # Attributed to this line whoever reads the image, so Python's
+                      # once-per-location rule shows it once per file.
+                      stacklevel=1)
 
 
 def make_preprocess(image_size: int, *, augment: bool = False) -> v2.Compose:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from qclassify.batches import EVAL_BATCH_SIZE, predict_proba
-from qclassify.config import DEFAULT_Q_DEVICE
+from qclassify.config import DEFAULT_Q_DEVICE, TrainConfig
 from qclassify.data import read_split_csv
 from qclassify.images import find_unreadable, list_images
 from qclassify.metrics import evaluate_predictions, predict_classes
@@ -28,13 +28,15 @@ from qclassify.runfolder import (
     PREDICTIONS_FILE,
     ROC_FILE,
     SPLIT_FILE,
+    check_separate,
     read_json,
     read_torch,
     write_csv,
     write_json,
 )
 
-__all__ = ["LoadedRun", "evaluate_run", "load_run", "predict_paths", "predict_proba"]
+__all__ = ["LoadedRun", "check_positive", "evaluate_run", "load_run", "predict_paths",
+           "predict_proba"]
 
 _CHECKPOINT_KEYS = ("model", "class_names", "n_qubits", "n_layers", "q_backend", "image_size",
                     "state_dict")
@@ -73,8 +75,8 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
     """Rebuild the model saved in ``run_dir/model.pt``; no other file is required.
 
     Raises:
-        ValueError: no such folder, no ``model.pt`` (training not run or not finished), or a
-            file that is not a qclassify checkpoint.
+        ValueError: no such folder, no ``model.pt`` (training not run or not finished), a file
+            that is not a usable qclassify checkpoint, or an unreadable ``config.json``.
     """
     run_dir = Path(run_dir)
     model_path = run_dir / MODEL_FILE
@@ -88,15 +90,11 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
     checkpoint = read_torch(model_path)
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in _CHECKPOINT_KEYS):
         raise ValueError(f"{model_path} is not a qclassify checkpoint (written by `qclassify fit`)")
-    class_names = list(checkpoint["class_names"])
-    model = build_model(
-        checkpoint["model"], len(class_names), weights="none",
-        n_qubits=checkpoint["n_qubits"], n_layers=checkpoint["n_layers"],
-        q_backend=checkpoint["q_backend"],
-        # Checkpoints written before the device was an option used PennyLane's default.qubit.
-        q_device=checkpoint.get("q_device", DEFAULT_Q_DEVICE),
-    )
-    model.load_state_dict(checkpoint["state_dict"])
+    class_names = checkpoint["class_names"]
+    if not (isinstance(class_names, list) and all(isinstance(n, str) for n in class_names)):
+        raise ValueError(f"{model_path} is not a usable qclassify checkpoint: its class_names "
+                         "are not a list of names")
+    model = _rebuild_model(model_path, checkpoint)
     resolved = resolve_device(device)
     config_path = run_dir / CONFIG_FILE
     return LoadedRun(
@@ -111,6 +109,28 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
         device=resolved,
         config=read_json(config_path) if config_path.is_file() else {},
     )
+
+
+def _rebuild_model(model_path: Path, checkpoint: dict) -> nn.Module:
+    """The checkpoint's model with its weights. Its settings pass `fit`'s own option checks
+    before anything is built, so a crafted file gives an error naming it, not an allocator
+    failure."""
+    # Checkpoints written before the device was an option used PennyLane's default.qubit.
+    q_device = checkpoint.get("q_device", DEFAULT_Q_DEVICE)
+    settings = TrainConfig(model=checkpoint["model"], qubits=checkpoint["n_qubits"],
+                           qlayers=checkpoint["n_layers"], q_backend=checkpoint["q_backend"],
+                           q_device=q_device, image_size=checkpoint["image_size"])
+    try:
+        settings.validate()
+        model = build_model(settings.model, len(checkpoint["class_names"]), weights="none",
+                            n_qubits=settings.qubits, n_layers=settings.qlayers,
+                            q_backend=settings.q_backend, q_device=settings.q_device)
+        model.load_state_dict(checkpoint["state_dict"])
+    except (ValueError, TypeError, RuntimeError, MemoryError) as err:
+        # load_state_dict lists every mismatched tensor: its first line says enough.
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{model_path} is not a usable qclassify checkpoint: {reason}") from err
+    return model
 
 
 def evaluate_run(
@@ -141,6 +161,8 @@ def evaluate_run(
     run = load_run(run_dir, device=device)
     positive_index = _positive_index(positive, run)
     data_dir = _data_dir(run, data_dir)
+    # Its figures and CSV files would become images and files of the dataset.
+    check_separate(run.run_dir, data_dir, option="run folder")
     if not (run.run_dir / SPLIT_FILE).is_file():
         raise ValueError(f"{run.run_dir} holds no {SPLIT_FILE}: cannot tell its test images")
     test = [s for s in read_split_csv(run.run_dir / SPLIT_FILE)
@@ -246,18 +268,24 @@ def _data_dir(run: LoadedRun, data_dir: str | Path | None) -> Path:
     return Path(run.config["data_dir"])
 
 
+def check_positive(positive: str | None, class_names: Sequence[str]) -> None:
+    """Raise ValueError unless `positive` is None or a class of a two-class task."""
+    if positive is None:
+        return
+    if len(class_names) != 2:
+        raise ValueError(f"--positive applies to two-class tasks; this one has "
+                         f"{len(class_names)} classes")
+    if positive not in class_names:
+        raise ValueError(f"--positive {positive!r} is not a class; choose one of "
+                         f"{', '.join(class_names)}")
+
+
 def _positive_index(positive: str | None, run: LoadedRun) -> int | None:
-    if len(run.class_names) != 2:
-        if positive is not None:
-            raise ValueError(f"--positive applies to two-class tasks; this run has "
-                             f"{len(run.class_names)} classes")
-        return None
     name = positive if positive is not None else run.positive_class
-    if name is None:
+    if len(run.class_names) != 2 or name is None:
+        check_positive(positive, run.class_names)
         return None
-    if name not in run.class_names:
-        raise ValueError(f"--positive {name!r} is not a class; choose one of "
-                         f"{', '.join(run.class_names)}")
+    check_positive(name, run.class_names)
     return run.class_names.index(name)
 
 

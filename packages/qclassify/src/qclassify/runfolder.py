@@ -28,6 +28,7 @@ __all__ = [
     "RUN_FILES",
     "SPLIT_FILE",
     "atomic_write",
+    "check_separate",
     "read_json",
     "read_torch",
     "write_csv",
@@ -77,8 +78,36 @@ def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
-    """Parse a JSON file written by `write_json`."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """Parse a JSON object file written by `write_json`.
+
+    Raises:
+        ValueError: the file is unreadable, not UTF-8 JSON, or not an object, naming it.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError: ValueErrors
+        raise ValueError(f"cannot read {path}: {' '.join(str(err).split())}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"cannot read {path}: it holds no JSON object")
+    return data
+
+
+def check_separate(out_dir: str | Path, data_dir: str | Path, *, option: str = "--out") -> None:
+    """Refuse an output folder inside a data folder, or a data folder inside it.
+
+    Symlinks are resolved first, so a link cannot smuggle one into the other: the data is only
+    ever read, and files written among the images would be trained and tested on next time.
+
+    Raises:
+        ValueError: the two folders overlap, naming both.
+    """
+    out_real, data_real = Path(out_dir).resolve(), Path(data_dir).resolve()
+    if out_real == data_real or data_real in out_real.parents:
+        raise ValueError(f"{option} {out_dir} is inside the data folder {data_dir}; choose a "
+                         "folder outside it (the data is never written to)")
+    if out_real in data_real.parents:
+        raise ValueError(f"the data folder {data_dir} is inside {option} {out_dir}; choose a "
+                         "folder that does not contain the data")
 
 
 def write_csv(

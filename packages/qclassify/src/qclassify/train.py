@@ -8,6 +8,9 @@ eq. 15 is Adam's weight decay. Training stops when the validation loss has not i
 from __future__ import annotations
 
 import math
+import os
+import secrets
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -38,6 +41,7 @@ from qclassify.runfolder import (
     MODEL_FILE,
     RUN_FILES,
     SPLIT_FILE,
+    check_separate,
     write_csv,
     write_json,
     write_torch,
@@ -53,6 +57,8 @@ __all__ = [
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "seconds")
 CHECKPOINT_FORMAT = 1
+# Hidden folder inside a run folder where an --overwrite run is trained until it is finished.
+_STAGING_PREFIX = ".fit-"
 
 
 @dataclass(frozen=True)
@@ -112,16 +118,20 @@ def fit(
     Args:
         progress: show a progress bar per epoch (tqdm, on stderr).
         overwrite: replace the run files of an earlier run in `run_dir`; otherwise such a
-            folder is refused.
+            folder is refused. The new run is trained in a hidden folder inside `run_dir` and
+            replaces the old one only once its ``model.pt`` is written, so an interrupted
+            overwrite leaves the old run as it was.
         on_epoch: called with each epoch's record as soon as the epoch ends.
 
     Raises:
-        ValueError: bad options, bad data (see `discover_dataset`), an occupied run folder.
+        ValueError: bad options, bad data (see `discover_dataset`), an occupied run folder, a
+            run folder inside the data folder or the data folder inside it.
         WeightsUnavailableError: ImageNet weights requested but not downloadable.
     """
     config.validate()
     device = resolve_device(config.device)
     data_dir, run_dir = Path(data_dir).resolve(), Path(run_dir)
+    check_separate(run_dir, data_dir)
     dataset = discover_dataset(
         data_dir, seed=config.seed, val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
@@ -135,19 +145,19 @@ def fit(
         n_qubits=config.qubits, n_layers=config.qlayers, q_backend=config.q_backend,
         q_device=config.q_device,
     )
-    _prepare_run_dir(run_dir, overwrite)
+    staging = _prepare_run_dir(run_dir, overwrite)
     info = run_info(data_dir, config, dataset, model, device)
-    write_json(run_dir / CONFIG_FILE, info)
-    write_csv(run_dir / SPLIT_FILE, SPLIT_COLUMNS, split_csv_rows(dataset))
+    write_json(staging / CONFIG_FILE, info)
+    write_csv(staging / SPLIT_FILE, SPLIT_COLUMNS, split_csv_rows(dataset))
 
     with deterministic_algorithms():
         history, best_epoch, best_state, val_outputs = _train(model, dataset, config, device,
-                                                              run_dir, progress, on_epoch)
+                                                              staging, progress, on_epoch)
     threshold, threshold_note = _decision_rule(config, info, val_outputs)
     if threshold_note is not None:
         warnings.warn(threshold_note, stacklevel=2)
     info.update(decision_threshold=threshold, decision_rule_note=threshold_note)
-    write_json(run_dir / CONFIG_FILE, info)
+    write_json(staging / CONFIG_FILE, info)
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "model": config.model,
@@ -163,7 +173,8 @@ def fit(
         "best_epoch": best_epoch,
         "state_dict": best_state,
     }
-    write_torch(run_dir / MODEL_FILE, checkpoint)
+    write_torch(staging / MODEL_FILE, checkpoint)
+    _replace_run(staging, run_dir)
     model.load_state_dict(best_state)
     return FitResult(
         run_dir=run_dir,
@@ -284,13 +295,37 @@ def _auc(labels: np.ndarray, proba: np.ndarray) -> float:
     return float(roc_auc_score(labels, proba, multi_class="ovr", average="macro"))
 
 
-def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+def _prepare_run_dir(run_dir: Path, overwrite: bool) -> Path:
+    """The folder to write the new run into: `run_dir` itself when it holds no run, else (with
+    `overwrite`) a new hidden staging folder inside it that `_replace_run` moves in at the end.
+    Staging folders that an interrupted earlier overwrite left behind are removed."""
     existing = [name for name in RUN_FILES if (run_dir / name).exists()]
     if existing and not overwrite:
         state = "a finished" if (run_dir / MODEL_FILE).exists() else "an unfinished"
         raise ValueError(
             f"{run_dir} already holds {state} run; pass --overwrite or choose another --out"
         )
-    for name in existing:
-        (run_dir / name).unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(f"{_STAGING_PREFIX}*"):
+        shutil.rmtree(stale)
+    if not existing:
+        return run_dir
+    staging = run_dir / f"{_STAGING_PREFIX}{secrets.token_hex(4)}"
+    staging.mkdir()
+    return staging
+
+
+def _replace_run(staging: Path, run_dir: Path) -> None:
+    """Move the finished run in `staging` into `run_dir`, removing the old run's files.
+
+    The old model.pt goes first and the new one comes last: a crash in between leaves an
+    unfinished run (refused by evaluate and predict), never a model beside another run's split.
+    """
+    if staging == run_dir:
+        return
+    for name in (MODEL_FILE, *RUN_FILES):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in sorted(RUN_FILES, key=lambda name: name == MODEL_FILE):
+        if (staging / name).exists():
+            os.replace(staging / name, run_dir / name)
+    staging.rmdir()
