@@ -46,7 +46,7 @@ def _parse_ratio(ctx: click.Context, param: click.Parameter, value: str) -> Deci
 def _check_timesteps(ctx: click.Context, param: click.Parameter, value: int) -> int:
     if not 1 <= value <= MAX_CLI_TIMESTEPS:
         raise InputError(f"Invalid value for '--timesteps': {value} is not in 1 … "
-                         f"{MAX_CLI_TIMESTEPS} (DDPM's T is 1000; the paper uses 5).")
+                         f"{MAX_CLI_TIMESTEPS} (DDPM's T; the paper uses 5).")
     return value
 
 

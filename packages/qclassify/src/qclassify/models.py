@@ -95,8 +95,13 @@ def _torchvision_model(torchvision_name: str, weights: WeightsEnum | None) -> nn
 
 
 def _current_key_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state` with DenseNet's legacy key names renamed (other keys never match)."""
-    return {_DENSENET_LEGACY_KEY.sub(r"\1\2", key): value for key, value in state.items()}
+    """`state` with DenseNet's legacy key names renamed in place (other keys never match), so
+    that the dict keeps its `_metadata`, which versioned modules such as BatchNorm read."""
+    for key in list(state):
+        current = _DENSENET_LEGACY_KEY.sub(r"\1\2", key)
+        if current != key:
+            state[current] = state.pop(key)
+    return state
 
 
 class QuantumMobileNetV2(nn.Module):
