@@ -1,7 +1,8 @@
 """FID/KID through pytorch-fid's InceptionV3 (`diffaug.features`, `diffaug fid`).
 
 No real weights: a session fixture writes a randomly initialised FID Inception state dict into a
-temporary $TORCH_HOME, where pytorch-fid's own loader finds it. Kinds: reference implementation
+temporary $TORCH_HOME, where pytorch-fid's own loader finds it; tests that use it accept its own
+SHA-256 prefix in place of the real file's (`accept_weights`). Kinds: reference implementation
 (`python -m pytorch_fid` as a subprocess, pytorch-fid's statistics and its batch-resizing
 network in process), analytic oracles (16-bit 257·k equals 8-bit k), mocked heavy model (the
 `balance --fid` wiring) and CLI tests (one-line errors, warnings on stderr).
@@ -9,6 +10,7 @@ network in process), analytic oracles (16-bit 257·k equals 8-bit k), mocked hea
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -26,7 +28,7 @@ pf_inception = pytest.importorskip("pytorch_fid.inception")
 fid_score = pytest.importorskip("pytorch_fid.fid_score")
 
 from click.testing import CliRunner  # noqa: E402
-from diffaug import balance_folder, inception_onnx  # noqa: E402
+from diffaug import balance_folder, inception_onnx, inception_weights  # noqa: E402
 from diffaug import features as features_module  # noqa: E402
 from diffaug.cli import main  # noqa: E402
 from diffaug.features import (  # noqa: E402
@@ -70,9 +72,18 @@ def random_weights_home(tmp_path_factory) -> Path:
     return home
 
 
+def accept_weights(home: Path, monkeypatch) -> None:
+    """Let diffaug's hash check accept the random weights under `home` as the real ones."""
+    digest = hashlib.sha256((home / "hub" / "checkpoints" / WEIGHTS_NAME).read_bytes())
+    prefix_length = len(inception_weights.FID_WEIGHTS_SHA256_PREFIX)
+    monkeypatch.setattr(inception_weights, "FID_WEIGHTS_SHA256_PREFIX",
+                        digest.hexdigest()[:prefix_length])
+
+
 @pytest.fixture
 def torch_home(random_weights_home: Path, monkeypatch) -> Path:
     monkeypatch.setenv("TORCH_HOME", str(random_weights_home))
+    accept_weights(random_weights_home, monkeypatch)
     return random_weights_home
 
 
@@ -350,6 +361,8 @@ def test_cli_balance_reports_fid(class_folders, tmp_path, monkeypatch) -> None:
 def test_written_out_constants_are_pytorch_fids() -> None:
     """Reference: the constants copied so the onnxruntime engine need not import pytorch-fid."""
     assert features_module.FID_WEIGHTS_URL == pf_inception.FID_WEIGHTS_URL
+    name = features_module.FID_WEIGHTS_URL.rsplit("/", 1)[1]
+    assert torch.hub.HASH_REGEX.search(name).group(1) == features_module.FID_WEIGHTS_SHA256_PREFIX
     assert features_module.BLOCK_INDEX_BY_DIM == pf_inception.InceptionV3.BLOCK_INDEX_BY_DIM
     assert features_module.IMAGE_EXTENSIONS == fid_score.IMAGE_EXTENSIONS
 
@@ -376,6 +389,7 @@ def test_onnx_export_is_cached_and_redone_for_other_weights(random_weights_home,
     home = tmp_path / "home"
     shutil.copytree(random_weights_home, home)
     monkeypatch.setenv("TORCH_HOME", str(home))
+    accept_weights(home, monkeypatch)
     monkeypatch.setenv("DIFFAUG_CACHE", str(tmp_path / "cache"))
     weights = home / "hub" / "checkpoints" / WEIGHTS_NAME
     exports = []

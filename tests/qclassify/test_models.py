@@ -142,13 +142,14 @@ def test_imagenet_weights_come_from_torchvision_enums():
 
 
 @pytest.mark.parametrize("name", ["qmobilenet", "resnet18"])
-def test_imagenet_weights_offline_is_a_clear_error(monkeypatch, name):
-    """Mocked download: when torchvision cannot fetch the weights, the error says what to do."""
+def test_imagenet_weights_offline_is_a_clear_error(monkeypatch, tmp_path, name):
+    """Mocked download: when torch.hub cannot fetch the weights, the error says what to do."""
 
-    def offline(self, *args, **kwargs):
+    def offline(*args, **kwargs):
         raise URLError("Temporary failure in name resolution")
 
-    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(WeightsUnavailableError, match="use --weights none or --weights PATH"):
         build_model(name, 2, weights="imagenet")
 

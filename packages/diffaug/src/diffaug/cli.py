@@ -26,7 +26,7 @@ from diffaug.features import (
 )
 from diffaug.fid import FID_DIMS, FidReport, compute_fid, fid_of_balanced_classes, save_fid_stats
 from diffaug.io import printable_path
-from diffaug.schedule import NoiseSchedule
+from diffaug.schedule import MAX_CLI_TIMESTEPS, NoiseSchedule
 
 
 class InputError(click.ClickException):
@@ -42,6 +42,13 @@ def _parse_ratio(ctx: click.Context, param: click.Parameter, value: str) -> Deci
     except ValueError:
         raise InputError(f"Invalid value for '--ratio': {value!r} is not a number in (0, 1] "
                          "(the minority/majority count after balancing).") from None
+
+
+def _check_timesteps(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    if not 1 <= value <= MAX_CLI_TIMESTEPS:
+        raise InputError(f"Invalid value for '--timesteps': {value} is not in 1 … "
+                         f"{MAX_CLI_TIMESTEPS} (DDPM's T; the paper uses 5).")
+    return value
 
 
 @contextlib.contextmanager
@@ -73,8 +80,8 @@ def main() -> None:
 @click.argument("out_dir", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--ratio", required=True, callback=_parse_ratio,
               help="Minority/majority count after balancing, in (0, 1] (eq. 3).")
-@click.option("--timesteps", default=5, show_default=True, type=click.IntRange(min=1),
-              help="T, the number of diffusion steps (eq. 2).")
+@click.option("--timesteps", default=5, show_default=True, type=int, callback=_check_timesteps,
+              help=f"T, the number of diffusion steps (eq. 2), 1 to {MAX_CLI_TIMESTEPS}.")
 @click.option("--beta-start", default=1e-4, show_default=True, type=float, help="First beta (eq. 2).")
 @click.option("--beta-end", default=0.02, show_default=True, type=float, help="Last beta (eq. 2).")
 @click.option("--blur-sigma", default=0.5, show_default=True, type=click.FloatRange(min=0),

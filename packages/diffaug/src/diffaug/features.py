@@ -1,8 +1,8 @@
 """Inception pool features of image files, as pytorch-fid computes them.
 
-The network, its block table and its weights are pytorch-fid's own (`InceptionV3`, fetched
-through `load_state_dict_from_url(FID_WEIGHTS_URL)` into `$TORCH_HOME/hub/checkpoints`). What
-differs is where pytorch-fid's users get stuck: each image is resized to 299x299 on its own
+The network, its block table and its weights are pytorch-fid's own (`InceptionV3`; the weights
+file cached in `$TORCH_HOME/hub/checkpoints`, hash-checked and loaded as tensors only by
+`diffaug.inception_weights`, never unpickled by pytorch-fid's loader). What differs is where pytorch-fid's users get stuck: each image is resized to 299x299 on its own
 (the same bilinear `F.interpolate` that `InceptionV3(resize_input=True)` applies to a batch), so
 folders of mixed sizes work; 16-bit images are scaled by their full range instead of being
 clipped by PIL's `convert("RGB")`; images are decoded on threads while the network runs.
@@ -22,18 +22,27 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import pickle
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from diffaug.inception_weights import (
+    FID_WEIGHTS_SHA256_PREFIX,
+    FID_WEIGHTS_URL,
+    InceptionWeightsError,
+    ensure_inception_weights,
+    first_line,
+    inception_weights_path,
+    load_inception_state_dict,
+    not_the_weights,
+    pytorch_fid_loads,
+)
 from diffaug.io import read_image
 from diffaug.modes import SIXTEEN_BIT_MAX, SIXTEEN_BIT_MODES, bit_depth
 
@@ -44,6 +53,7 @@ __all__ = [
     "BLOCK_INDEX_BY_DIM",
     "ENGINES",
     "FID_EXTRA_HINT",
+    "FID_WEIGHTS_SHA256_PREFIX",
     "FID_WEIGHTS_URL",
     "IMAGE_EXTENSIONS",
     "INCEPTION_SIZE",
@@ -56,6 +66,7 @@ __all__ = [
     "inception_weights_path",
     "list_images",
     "load_inception_input",
+    "load_inception_state_dict",
     "require_fid_extra",
     "resolve_device",
 ]
@@ -67,8 +78,6 @@ ENGINES = ("auto", "torch", "onnxruntime")
 # pytorch-fid's own constants (pytorch_fid.inception / fid_score), written out so that the
 # onnxruntime engine starts without importing pytorch-fid, whose import pulls in torchvision
 # (about a second); tests check them against pytorch-fid's.
-FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                   "pt_inception-2015-12-05-6726825d.pth")
 BLOCK_INDEX_BY_DIM = {64: 0, 192: 1, 768: 2, 2048: 3}
 IMAGE_EXTENSIONS = frozenset({"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"})
 FLOAT_MODE = "F"  # 32-bit float intensities, read as [0, 1]
@@ -76,10 +85,6 @@ FLOAT_MODE = "F"  # 32-bit float intensities, read as [0, 1]
 
 class FidExtraMissingError(ImportError):
     """torch, torchvision or pytorch-fid is not installed."""
-
-
-class InceptionWeightsError(RuntimeError):
-    """pytorch-fid's Inception weights are neither cached nor downloadable, or do not load."""
 
 
 def require_fid_extra() -> None:
@@ -133,36 +138,6 @@ def resolve_device(device: str) -> str:
             raise ValueError(f"--device {device}: this machine has {count} CUDA device(s), "
                              f"cuda:0 to cuda:{count - 1}")
     return str(resolved)
-
-
-def inception_weights_path() -> Path:
-    """Where pytorch-fid's `load_state_dict_from_url` caches the FID Inception weights."""
-    import torch.hub
-
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(FID_WEIGHTS_URL).path).name
-
-
-def ensure_inception_weights() -> Path:
-    """Return the cached weights file, downloading it the way pytorch-fid does when missing.
-
-    Offline, this is the one place that fails: with a single line naming the file, its URL and
-    the folder to put it in, instead of a traceback from deep inside the network constructor.
-    """
-    import torch.hub
-
-    path = inception_weights_path()
-    if path.is_file():
-        return path
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(FID_WEIGHTS_URL, str(path), progress=False)
-    except OSError as err:  # URLError, HTTPError and socket errors are all OSErrors
-        raise InceptionWeightsError(
-            f"pytorch-fid needs the Inception weights {path.name} and cannot download them "
-            f"({_first_line(err)}): fetch {FID_WEIGHTS_URL} and put it at {path} "
-            "($TORCH_HOME/hub/checkpoints/)"
-        ) from err
-    return path
 
 
 def list_images(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
@@ -292,23 +267,22 @@ class InceptionFeatures:
 
 
 def build_inception(weights: Path, dims: int) -> torch.nn.Module:
-    """pytorch-fid's `InceptionV3` for `dims` (weights from its cache, BatchNorms folded, eval
-    mode) returning pooled features (n, dims): blocks below pool3 are feature maps, which
-    pytorch-fid averages spatially.
+    """pytorch-fid's `InceptionV3` for `dims` (weights from `load_inception_state_dict`,
+    BatchNorms folded, eval mode) returning pooled features (n, dims): blocks below pool3 are
+    feature maps, which pytorch-fid averages spatially.
 
     Raises:
-        InceptionWeightsError: the weights file does not load.
+        InceptionWeightsError: the weights file is not pytorch-fid's or does not fit the network.
     """
     import torch
     from pytorch_fid.inception import InceptionV3
 
+    state = load_inception_state_dict(weights)
     try:
-        network = InceptionV3([BLOCK_INDEX_BY_DIM[dims]], resize_input=False)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-        raise InceptionWeightsError(
-            f"{weights}: not pytorch-fid's Inception weights ({_first_line(err)}); "
-            "delete it to download it again"
-        ) from err
+        with pytorch_fid_loads(state):
+            network = InceptionV3([BLOCK_INDEX_BY_DIM[dims]], resize_input=False)
+    except RuntimeError as err:  # load_state_dict: missing, unexpected or misshapen tensors
+        raise not_the_weights(weights, first_line(err)) from err
     _fold_batch_norms(network.eval())
 
     class PooledInception(torch.nn.Module):
@@ -349,8 +323,3 @@ def _fold_batch_norms(network: torch.nn.Module) -> None:
         if isinstance(block, BasicConv2d):
             block.conv = fuse_conv_bn_eval(block.conv, block.bn)
             block.bn = torch.nn.Identity()
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]

@@ -231,7 +231,11 @@ def _report(real: FeatureStatistics, other: FeatureStatistics, kid: bool, labels
                 raise ValueError(f"{label}: KID needs images; a .npz file holds only mu and sigma")
         kernel = kernel_inception_distance(real.features, other.features)
     counts = [None if s.features is None else len(s.features) for s in (real, other)]
-    return FidReport(frechet_distance_between(real, other), kernel, *counts)
+    try:
+        fid = frechet_distance_between(real, other)
+    except ValueError as err:  # name the inputs: the numerics do not know them
+        raise ValueError(f"{labels[0]} vs {labels[1]}: {err}") from err
+    return FidReport(fid, kernel, *counts)
 
 
 def _label(source: ImageSource) -> str:

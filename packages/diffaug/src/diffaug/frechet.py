@@ -13,14 +13,20 @@ where `sqrtm` on 2048 x 2048 takes tens of seconds on a CPU. Nothing here import
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from diffaug.features import BLOCK_INDEX_BY_DIM
+from diffaug.inception_weights import first_line
 from diffaug.io import atomic_write
 
 __all__ = [
+    "MAX_STATISTICS_DIMS",
     "FeatureStatistics",
     "frechet_distance",
     "frechet_distance_between",
@@ -28,6 +34,15 @@ __all__ = [
     "trace_sqrt_product",
     "trace_sqrt_product_from_features",
 ]
+
+# pytorch-fid's largest feature size: a statistics file declaring more is refused before its
+# arrays are read (a crafted 1.6 MB file can declare a 298 GiB sigma).
+MAX_STATISTICS_DIMS = max(BLOCK_INDEX_BY_DIM)
+NUMERIC_KINDS = "fiu"  # float, signed and unsigned integer arrays; no objects, strings or records
+# What a damaged or crafted .npz raises while it is read: zipfile and numpy's header parser, a
+# truncated or corrupt deflate stream, an unsupported compression method.
+_UNREADABLE_NPZ = (OSError, KeyError, ValueError, EOFError, NotImplementedError,
+                   zipfile.BadZipFile, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -49,12 +64,24 @@ class FeatureStatistics:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStatistics:
-        """Read a pytorch-fid statistics file (arrays `mu` and `sigma`)."""
+        """Read a pytorch-fid statistics file: `mu` of shape (d,) and `sigma` (d, d), real
+        numbers, finite, d at most `MAX_STATISTICS_DIMS`. Shapes and types are checked in the
+        .npy headers before any array is read; nothing is unpickled.
+
+        Raises:
+            ValueError: anything else, naming the file.
+        """
         try:
-            with np.load(path) as stats:
-                return cls(stats["mu"][:], stats["sigma"][:])
-        except (OSError, KeyError, ValueError) as err:
-            raise ValueError(f"{path}: not a FID statistics file with mu and sigma ({err})") from err
+            _check_declared_arrays(path)
+            with np.load(path, allow_pickle=False) as stats:
+                mu, sigma = stats["mu"], stats["sigma"]
+        except _UNREADABLE_NPZ as err:
+            raise ValueError(f"{path}: not a FID statistics file with mu and sigma "
+                             f"({first_line(err)})") from err
+        for name, array in (("mu", mu), ("sigma", sigma)):
+            if not np.isfinite(array).all():
+                raise ValueError(f"{path}: {name} holds NaN or infinite values")
+        return cls(mu.astype(np.float64), sigma.astype(np.float64))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write `mu` and `sigma` like pytorch-fid's --save-stats (".npz" appended if missing),
@@ -65,6 +92,34 @@ class FeatureStatistics:
         with atomic_write(path) as out:
             np.savez_compressed(out, mu=self.mu, sigma=self.sigma)
         return path
+
+
+def _check_declared_arrays(path: str | os.PathLike) -> None:
+    """Refuse (ValueError) a .npz whose `mu`/`sigma` headers declare anything but real numbers
+    of shapes (d,) and (d, d), d <= MAX_STATISTICS_DIMS; reads the headers only."""
+    with zipfile.ZipFile(path) as archive:
+        mu_shape = _declared_shape(archive, "mu")
+        sigma_shape = _declared_shape(archive, "sigma")
+    if len(mu_shape) != 1 or not 1 <= mu_shape[0] <= MAX_STATISTICS_DIMS:
+        raise ValueError(f"mu has shape {mu_shape}; expected (d,) with d from 1 to "
+                         f"{MAX_STATISTICS_DIMS}")
+    if sigma_shape != mu_shape * 2:
+        raise ValueError(f"sigma has shape {sigma_shape}; expected {mu_shape * 2}")
+
+
+def _declared_shape(archive: zipfile.ZipFile, name: str) -> tuple[int, ...]:
+    """The shape that array `name` of a .npz declares, after checking its type is numeric."""
+    with archive.open(f"{name}.npy") as member:  # KeyError when missing
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise ValueError(f"{name}: .npy format version {version} is not supported")
+    if dtype.kind not in NUMERIC_KINDS:
+        raise ValueError(f"{name} holds {dtype} values, not numbers")
+    return shape
 
 
 def _null_clipped(eigenvalues: np.ndarray) -> np.ndarray:
@@ -110,9 +165,11 @@ def frechet_distance(
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
     _check_shapes(mu1, sigma1, mu2, sigma2)
+    _check_finite(mu1, sigma1, mu2, sigma2)
     diff = mu1 - mu2
-    return float(
-        diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2)
+    return _finite_fid(
+        lambda: diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+        - 2 * trace_sqrt_product(sigma1, sigma2)
     )
 
 
@@ -126,9 +183,30 @@ def frechet_distance_between(real: FeatureStatistics, other: FeatureStatistics) 
     n1, n2 = len(real.features), len(other.features)
     if n1 * n2 * (dims + min(n1, n2)) > dims**3:
         return frechet_distance(real.mu, real.sigma, other.mu, other.sigma)
+    _check_finite(real.mu, real.sigma, other.mu, other.sigma)
     diff = real.mu - other.mu
-    trace_term = trace_sqrt_product_from_features(real.features, other.features)
-    return float(diff @ diff + np.trace(real.sigma) + np.trace(other.sigma) - 2 * trace_term)
+    return _finite_fid(
+        lambda: diff @ diff + np.trace(real.sigma) + np.trace(other.sigma)
+        - 2 * trace_sqrt_product_from_features(real.features, other.features)
+    )
+
+
+def _check_finite(*arrays: np.ndarray) -> None:
+    if not all(np.isfinite(array).all() for array in arrays):
+        raise ValueError("statistics hold NaN or infinite values")
+
+
+def _finite_fid(compute: Callable[[], float]) -> float:
+    """`compute()` as a float; a ValueError instead of LinAlgError, overflow or NaN (statistics
+    far outside what Inception features give)."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = float(compute())
+    except np.linalg.LinAlgError as err:
+        raise ValueError(f"FID cannot be computed from these statistics ({err})") from err
+    if not np.isfinite(value):
+        raise ValueError("FID is not finite: the statistics' values overflow float64")
+    return value
 
 
 def npz_path(path: str | os.PathLike) -> Path:

@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+__all__ = ["MAX_CLI_TIMESTEPS", "NoiseSchedule", "forward_diffuse"]
+
+# The most diffusion steps the command line accepts: DDPM's T (diffusers' default
+# num_train_timesteps). The paper uses 5; a schedule of 1e8 steps costs gigabytes and minutes
+# (its betas are recorded in the run record) before the first image.
+MAX_CLI_TIMESTEPS = 1000
+
 
 @dataclass(frozen=True, eq=False)
 class NoiseSchedule:

@@ -2,12 +2,14 @@
 
 Every model comes from one table (`ARCHITECTURES`): the torchvision network it starts from and,
 for a baseline, which final ``Linear`` is replaced by one with ``num_classes`` outputs.
-ImageNet weights come from torchvision's weights enums (downloaded once into the torch hub
-cache, ``$TORCH_HOME/hub/checkpoints``).
+ImageNet weights are the checkpoints of torchvision's weights enums (downloaded once into the
+torch hub cache, ``$TORCH_HOME/hub/checkpoints``), read by `qclassify.hub_weights`: hash
+checked and tensors only, never through torchvision's unpickling loader.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +17,13 @@ import torch
 from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights
 
+from qclassify.hub_weights import (
+    WeightsUnavailableError,
+    cached_checkpoint_path,
+    load_hub_state_dict,
+    read_state_dict,
+)
 from qclassify.quantum import QuantumFeatureLayer
-from qclassify.runfolder import read_torch
 
 __all__ = [
     "ARCHITECTURES",
@@ -40,10 +47,11 @@ MOBILENET_V2_FEATURES = 1280
 MIN_IMAGE_SIZE = 32
 # The weights every torchvision backbone here offers (the original ImageNet-1k training).
 IMAGENET_WEIGHTS = "IMAGENET1K_V1"
-
-
-class WeightsUnavailableError(RuntimeError):
-    """ImageNet weights could not be downloaded or read."""
+# torchvision's DenseNet checkpoints predate its module names: "denselayer1.norm.1.weight" is now
+# "denselayer1.norm1.weight" (torchvision.models.densenet renames them on load the same way).
+_DENSENET_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
 
 
 @dataclass(frozen=True)
@@ -71,16 +79,29 @@ def imagenet_weights(torchvision_name: str) -> WeightsEnum:
 
 
 def _torchvision_model(torchvision_name: str, weights: WeightsEnum | None) -> nn.Module:
-    if weights is None:
-        return get_model(torchvision_name, weights=None)
-    try:
-        return get_model(torchvision_name, weights=weights)
-    except (OSError, RuntimeError) as err:  # URLError is an OSError; a corrupt file a RuntimeError
-        reason = " ".join(str(err).split())
-        raise WeightsUnavailableError(
-            f"could not load ImageNet weights for {torchvision_name} ({weights}: {reason}): "
-            "no network? use --weights none or --weights PATH"
-        ) from err
+    """torchvision's network, with `weights`' checkpoint loaded by `load_hub_state_dict`."""
+    model = get_model(torchvision_name, weights=None)
+    if weights is not None:
+        state = _current_key_names(load_hub_state_dict(weights.url))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:  # missing, unexpected or misshapen tensors
+            raise WeightsUnavailableError(
+                f"{cached_checkpoint_path(weights.url)} does not fit torchvision's "
+                f"{torchvision_name}: delete it to download it again, or use --weights none "
+                "or --weights PATH"
+            ) from err
+    return model
+
+
+def _current_key_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with DenseNet's legacy key names renamed in place (other keys never match), so
+    that the dict keeps its `_metadata`, which versioned modules such as BatchNorm read."""
+    for key in list(state):
+        current = _DENSENET_LEGACY_KEY.sub(r"\1\2", key)
+        if current != key:
+            state[current] = state.pop(key)
+    return state
 
 
 class QuantumMobileNetV2(nn.Module):
@@ -181,15 +202,14 @@ def _replace_linear(model: nn.Module, dotted_path: str, num_classes: int) -> Non
 
 
 def load_weights_file(model: nn.Module, path: str | Path) -> None:
-    """Load a state dict (or a checkpoint dict with a ``state_dict`` entry) into `model`.
+    """Load a state dict (or a checkpoint dict with a ``state_dict`` entry) into `model`; the
+    file is read as tensors only (`read_state_dict`).
 
     Raises:
-        ValueError: unreadable file, or tensors that do not match the model's (named in one line).
+        ValueError: unreadable file, not a plain state dict, or tensors that do not match the
+            model's (named in one line).
     """
-    loaded = read_torch(path)
-    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"weights file {path} does not hold a state dict")
+    state = read_state_dict(path)
     own = model.state_dict()
     missing = sorted(own.keys() - state.keys())
     unexpected = sorted(state.keys() - own.keys())

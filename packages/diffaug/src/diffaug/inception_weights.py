@@ -1,0 +1,156 @@
+"""pytorch-fid's Inception weights: where they are cached, fetching them, loading them safely.
+
+pytorch-fid loads its weights through torch.hub's `load_state_dict_from_url`, whose
+`torch.load(weights_only=False)` runs whatever code is pickled into a file planted under the
+weights' name in `$TORCH_HOME/hub/checkpoints` (the very place our missing-weights message sends
+users). Here the cached file is checked against the SHA-256 prefix its name carries (torch.hub's
+convention, which torch.hub itself checks on download only) and read with
+`torch.load(weights_only=True)`: tensors in plain containers, nothing that can run. pytorch-fid
+then builds its network from that state dict (`pytorch_fid_loads`).
+
+torch and pytorch-fid are imported inside functions only (the `fid` extra).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
+
+__all__ = [
+    "FID_WEIGHTS_SHA256_PREFIX",
+    "FID_WEIGHTS_URL",
+    "InceptionWeightsError",
+    "ensure_inception_weights",
+    "inception_weights_path",
+    "load_inception_state_dict",
+    "pytorch_fid_loads",
+]
+
+# pytorch-fid's own constant (pytorch_fid.inception), written out so that the onnxruntime
+# engine starts without importing pytorch-fid; a test checks it against pytorch-fid's.
+FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                   "pt_inception-2015-12-05-6726825d.pth")
+# The start of the weights file's SHA-256, carried by its name (torch.hub's HASH_REGEX).
+FID_WEIGHTS_SHA256_PREFIX = "6726825d"
+HASH_CHUNK = 1 << 20  # bytes read at a time while hashing a weights file
+
+
+class InceptionWeightsError(RuntimeError):
+    """pytorch-fid's Inception weights are neither cached nor downloadable, or do not load."""
+
+
+def inception_weights_path() -> Path:
+    """Where pytorch-fid's `load_state_dict_from_url` caches the FID Inception weights."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(FID_WEIGHTS_URL).path).name
+
+
+def ensure_inception_weights() -> Path:
+    """Return the cached weights file, downloading it (hash checked) when missing.
+
+    Offline, this is the one place that fails: with a single line naming the file, its URL and
+    the folder to put it in, instead of a traceback from deep inside the network constructor.
+    """
+    import torch.hub
+
+    path = inception_weights_path()
+    if path.is_file():
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(FID_WEIGHTS_URL, str(path), progress=False,
+                                       hash_prefix=FID_WEIGHTS_SHA256_PREFIX)
+    # URLError, HTTPError and socket errors are OSErrors; a download with another hash is a
+    # RuntimeError (torch.hub deletes it).
+    except (OSError, RuntimeError) as err:
+        raise InceptionWeightsError(
+            f"pytorch-fid needs the Inception weights {path.name} and cannot download them "
+            f"({first_line(err)}): fetch {FID_WEIGHTS_URL} and put it at {path} "
+            "($TORCH_HOME/hub/checkpoints/)"
+        ) from err
+    return path
+
+
+def load_inception_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of pytorch-fid's weights file `path`, once its SHA-256 starts with
+    `FID_WEIGHTS_SHA256_PREFIX`, read with `torch.load(weights_only=True)`: a file holding
+    anything but tensors in plain containers is refused without running any of it.
+
+    Raises:
+        InceptionWeightsError: another hash, an unreadable file or not a state dict (the file
+            is named).
+    """
+    import torch
+
+    digest = _sha256_of_file(path)
+    if not digest.startswith(FID_WEIGHTS_SHA256_PREFIX):
+        found = digest[: len(FID_WEIGHTS_SHA256_PREFIX)]
+        raise not_the_weights(path, f"its SHA-256 starts {found}, not "
+                                    f"{FID_WEIGHTS_SHA256_PREFIX} as its name says")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # Not torch's message: it suggests weights_only=False, the very thing to avoid here.
+        raise not_the_weights(path, "it holds objects other than tensors, refused "
+                                    "unread") from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise not_the_weights(path, first_line(err)) from err
+    if not isinstance(state, dict) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
+    ):
+        raise not_the_weights(path, "not a state dict of named tensors")
+    return state
+
+
+@contextlib.contextmanager
+def pytorch_fid_loads(state: dict[str, torch.Tensor]) -> Iterator[None]:
+    """While pytorch-fid builds its network, its `load_state_dict_from_url(FID_WEIGHTS_URL)`
+    returns `state` instead of unpickling the cached file. pytorch-fid offers no other way to
+    hand it weights; the swap lasts for the constructor call only."""
+    from pytorch_fid import inception
+
+    def verified_weights(url: str, *args, **kwargs) -> dict[str, torch.Tensor]:
+        if url != FID_WEIGHTS_URL:
+            raise InceptionWeightsError(f"pytorch-fid asked for unexpected weights {url}")
+        return state
+
+    original = inception.load_state_dict_from_url
+    inception.load_state_dict_from_url = verified_weights
+    try:
+        yield
+    finally:
+        inception.load_state_dict_from_url = original
+
+
+def not_the_weights(path: Path, reason: str) -> InceptionWeightsError:
+    """The one-line error for a weights file that must not be used, with the fix."""
+    return InceptionWeightsError(
+        f"{path}: not pytorch-fid's Inception weights ({reason}); delete it to download it "
+        f"again, or fetch {FID_WEIGHTS_URL} and put it there"
+    )
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+def _sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            for chunk in iter(lambda: file.read(HASH_CHUNK), b""):
+                digest.update(chunk)
+    except OSError as err:
+        raise not_the_weights(path, f"cannot read it: {err.strerror}") from err
+    return digest.hexdigest()
