@@ -110,12 +110,13 @@ def test_planted_inception_pickle_with_another_hash_never_runs(fid_home, tmp_pat
                                                                engine) -> None:
     """Attack: a pickle planted at $TORCH_HOME/hub/checkpoints/pt_inception-…-6726825d.pth ran
     code when pytorch-fid loaded it (torch.hub, weights_only=False). Its SHA-256 does not start
-    6726825d: refused before it is read, file named, exit 1."""
+    6726825d (a warning names it); read as tensors only, it is refused, file named, exit 1."""
     marker = tmp_path / "code-ran"
     plant_checkpoint(fid_home, marker)
-    assert_one_line_error(fid_cli(tmp_path, "--engine", engine), RUNTIME_ERROR,
-                          str(fid_home), "SHA-256", "delete it")
+    result = fid_cli(tmp_path, "--engine", engine)
+    assert "SHA-256 starts" in result.output and "not 6726825d" in result.output
     assert not marker.exists()
+    assert result.exit_code == RUNTIME_ERROR and "other than tensors" in result.output
 
 
 def test_planted_inception_pickle_with_matching_hash_never_runs(fid_home, tmp_path,
@@ -164,12 +165,14 @@ def hub_home(tmp_path: Path, monkeypatch) -> Path:
 def test_planted_imagenet_pickle_with_another_hash_never_runs(hub_home, tmp_path, model,
                                                               checkpoint) -> None:
     """Attack: a pickle planted under torchvision's checkpoint name ran code through
-    get_model(weights=...). Refused by its hash, file named, nothing run."""
+    get_model(weights=...). Its hash is reported, and read as tensors only it is refused, file
+    named, nothing run."""
     from qclassify.models import WeightsUnavailableError, build_model
 
     marker = tmp_path / "code-ran"
     plant_checkpoint(hub_home / checkpoint, marker)
-    with pytest.raises(WeightsUnavailableError, match="SHA-256") as caught:
+    with pytest.warns(UserWarning, match="SHA-256 starts"), \
+            pytest.raises(WeightsUnavailableError, match="not a plain state dict") as caught:
         build_model(model, 2, weights="imagenet")
     assert str(hub_home / checkpoint) in str(caught.value)
     assert not marker.exists()

@@ -3,9 +3,10 @@
 pytorch-fid loads its weights through torch.hub's `load_state_dict_from_url`, whose
 `torch.load(weights_only=False)` runs whatever code is pickled into a file planted under the
 weights' name in `$TORCH_HOME/hub/checkpoints` (the very place our missing-weights message sends
-users). Here the cached file is checked against the SHA-256 prefix its name carries (torch.hub's
-convention, which torch.hub itself checks on download only) and read with
-`torch.load(weights_only=True)`: tensors in plain containers, nothing that can run. pytorch-fid
+users). Here the cached file is read with `torch.load(weights_only=True)`: tensors in plain
+containers, nothing that can run; its SHA-256 is checked against the prefix its name carries
+(torch.hub's convention, which torch.hub itself checks on download only), and another hash is
+reported as a warning (a converted copy of the same weights has one). pytorch-fid
 then builds its network from that state dict (`pytorch_fid_loads`).
 
 torch and pytorch-fid are imported inside functions only (the `fid` extra).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import pickle
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,21 +83,25 @@ def ensure_inception_weights() -> Path:
 
 
 def load_inception_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of pytorch-fid's weights file `path`, once its SHA-256 starts with
-    `FID_WEIGHTS_SHA256_PREFIX`, read with `torch.load(weights_only=True)`: a file holding
-    anything but tensors in plain containers is refused without running any of it.
+    """The tensors of pytorch-fid's weights file `path`, read with
+    `torch.load(weights_only=True)`: a file holding anything but tensors in plain containers is
+    refused without running any of it. A SHA-256 that does not start with
+    `FID_WEIGHTS_SHA256_PREFIX` (not the published file) is a warning.
 
     Raises:
-        InceptionWeightsError: another hash, an unreadable file or not a state dict (the file
-            is named).
+        InceptionWeightsError: an unreadable file or not a state dict (the file is named).
     """
     import torch
 
     digest = _sha256_of_file(path)
     if not digest.startswith(FID_WEIGHTS_SHA256_PREFIX):
-        found = digest[: len(FID_WEIGHTS_SHA256_PREFIX)]
-        raise not_the_weights(path, f"its SHA-256 starts {found}, not "
-                                    f"{FID_WEIGHTS_SHA256_PREFIX} as its name says")
+        # Not a refusal: nothing in the file can run (weights_only below), and a re-saved or
+        # converted copy of the same weights has another hash. The numbers may then differ
+        # from published FIDs, which the user must be told.
+        warnings.warn(f"{path}: its SHA-256 starts {digest[:len(FID_WEIGHTS_SHA256_PREFIX)]}, "
+                      f"not {FID_WEIGHTS_SHA256_PREFIX} as its name says: not the published "
+                      "file, so FID may differ from published values; read as tensors only",
+                      stacklevel=2)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
