@@ -166,7 +166,8 @@ def _one_line_errors() -> Iterator[None]:
     """Library errors become one ``Error: ...`` line and exit status 1, never a traceback."""
     try:
         yield
-    except (ValueError, OSError, RuntimeError) as err:
+    # ImportError: an optional extra (e.g. qclassify[pennylane]) missing, with its install hint.
+    except (ValueError, OSError, RuntimeError, ImportError) as err:
         raise click.ClickException(" ".join(str(err).split())) from err
 
 
