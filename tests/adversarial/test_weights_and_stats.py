@@ -110,13 +110,18 @@ def test_planted_inception_pickle_with_another_hash_never_runs(fid_home, tmp_pat
                                                                engine) -> None:
     """Attack: a pickle planted at $TORCH_HOME/hub/checkpoints/pt_inception-…-6726825d.pth ran
     code when pytorch-fid loaded it (torch.hub, weights_only=False). Its SHA-256 does not start
-    6726825d (a warning names it); read as tensors only, it is refused, file named, exit 1."""
+    6726825d (a warning, which the CLI leaves out before its one error line); read as tensors
+    only, it is refused, file named, exit 1."""
     marker = tmp_path / "code-ran"
     plant_checkpoint(fid_home, marker)
-    result = fid_cli(tmp_path, "--engine", engine)
-    assert "SHA-256 starts" in result.output and "not 6726825d" in result.output
+    from diffaug.inception_weights import InceptionWeightsError, load_inception_state_dict
+
+    assert_one_line_error(fid_cli(tmp_path, "--engine", engine), RUNTIME_ERROR,
+                          str(fid_home), "other than tensors")
+    with pytest.warns(UserWarning, match="SHA-256 starts .*, not 6726825d"), \
+            pytest.raises(InceptionWeightsError, match="other than tensors"):
+        load_inception_state_dict(fid_home)
     assert not marker.exists()
-    assert result.exit_code == RUNTIME_ERROR and "other than tensors" in result.output
 
 
 def test_planted_inception_pickle_with_matching_hash_never_runs(fid_home, tmp_path,

@@ -172,21 +172,19 @@ def _format_summary(report: BalanceReport, seconds: float) -> str:
 
 @contextlib.contextmanager
 def _warnings_as_lines() -> Iterator[None]:
-    """The library's warnings as ``Warning:`` lines on stderr once the block ends, also when
-    it fails (a warning may explain the error that follows)."""
+    """After the block succeeds, the library's warnings as ``Warning:`` lines on stderr (a
+    failure prints its one ``Error:`` line alone)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
-        try:
-            yield
-        finally:
-            for warning in caught:
-                click.echo(f"Warning: {warning.message}", err=True)
+        yield
+    for warning in caught:
+        click.echo(f"Warning: {warning.message}", err=True)
 
 
 @contextlib.contextmanager
 def _fid_errors() -> Iterator[None]:
-    """FID failures as one ``Error:`` line, after the library's warnings as ``Warning:``
-    lines on stderr."""
+    """FID failures as one ``Error:`` line; after success, the library's warnings as
+    ``Warning:`` lines on stderr."""
     with _warnings_as_lines():
         try:
             yield
