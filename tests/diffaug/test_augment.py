@@ -295,10 +295,13 @@ def test_unsupported_images_are_refused(image, error, message):
     ({"seed": -3}, "seed"),
     ({"seed": 1.5}, "seed"),
 ])
-def test_constructor_validates(kwargs, message):
-    """Contract: bad options raise a ValueError naming the option."""
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # seed= is a deprecated alias
+def test_options_are_validated_at_use(kwargs, message):
+    """Contract: bad options raise a ValueError naming the option at first use (the
+    constructor only stores them, as scikit-learn requires for clone and set_params)."""
+    augmentor = DiffusionAugmentor(**kwargs)
     with pytest.raises(ValueError, match=message):
-        DiffusionAugmentor(**kwargs)
+        augmentor(_image("L"))
 
 
 def test_constructor_is_keyword_only():
