@@ -139,9 +139,12 @@ class DiffusionAugmentor(ParamsMixin):
         draw = _draw(pixels, settings, self._streams.generator(settings.random_state, seed))
         return draw._replace(noise=pixels.to_input_layout(draw.noise))
 
-    def transform(self, image: ImageT, *, t: int, gamma: float, noise: ArrayLike) -> ImageT:
+    def apply(self, image: ImageT, *, t: int, gamma: float, noise: ArrayLike) -> ImageT:
         """The deterministic augmentation: eq. 1 at step ``t`` with ``noise`` (in ``image``'s
-        layout), then eq. 4. Computed in float32, like the draws of :meth:`sample_parameters`."""
+        layout), then eq. 4. Computed in float32, like the draws of :meth:`sample_parameters`.
+
+        (Not called ``transform``: imbalanced-learn's Pipeline refuses a step that has both
+        ``transform`` and ``fit_resample``.)"""
         settings = self._settings()
         pixels = self._unpack(image, settings)
         noise = pixels.to_channel_last(np.asarray(noise, dtype=np.float32))
@@ -202,6 +205,9 @@ class DiffusionAugmentor(ParamsMixin):
         axis = channel_axis_of(images.shape[1:], settings.channel_axis,
                                channels_first=is_tensor(X))
         check_intensities(images, settings.intensity_range)
+        if labels.dtype.kind == "f" and not np.all(np.mod(labels, 1) == 0):
+            raise ValueError("y must hold class labels; got continuous (non-integer float) "
+                             "values.")
         classes, counts = np.unique(labels, return_counts=True)
         if len(classes) < 2:
             raise ValueError(f"y needs at least 2 classes to balance; got {classes.tolist()}.")

@@ -233,7 +233,7 @@ def _synthesize(settings: dict[str, Any], job: _Job) -> list[tuple[int, float, s
     for variant in job.variants:
         augmentor = DiffusionAugmentor(**settings, random_state=variant.seed)
         draw = augmentor.sample_parameters(image)
-        data = encode_png(augmentor.transform(image, **draw._asdict()))
+        data = encode_png(augmentor.apply(image, **draw._asdict()))
         atomic_write_bytes(variant.target, data)
         outcomes.append((draw.t, draw.gamma, sha256_hex(data)))
     return outcomes

@@ -199,16 +199,20 @@ def _not_an_image(value: Any) -> str:
 
 def like(template: Any, result: np.ndarray) -> Any:
     """``result`` as the kind of array ``template`` is: numpy; a tensor of the template's dtype
-    and device (and, at the same shape, its type and metadata: MetaTensor, tv_tensors); or the
-    template's array API namespace. Other array-likes come back as numpy arrays."""
+    and device (and, at the same shape, its type and metadata: MetaTensor, tv_tensors); the
+    template's array API namespace; a list (imbalanced-learn's convention). Other array-likes
+    come back as numpy arrays."""
     if isinstance(template, np.ndarray):
         return result
+    if isinstance(template, list):
+        return result.tolist()
     if is_tensor(template):
         values = sys.modules["torch"].from_numpy(np.ascontiguousarray(result))
         if tuple(template.shape) != result.shape:
             return values.to(device=template.device, dtype=template.dtype)
         out = template.detach().clone()  # keeps the subclass and its metadata
-        return out.copy_(values)
+        out.copy_(values)  # (its return value is a plain Tensor for tv_tensors)
+        return out
     namespace = getattr(template, "__array_namespace__", None)
     return result if namespace is None else namespace().asarray(result)
 
