@@ -7,7 +7,6 @@ each class gets is :mod:`diffaug.plan`'s (re-exported here).
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 from decimal import Decimal
@@ -17,6 +16,14 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.ndimage import gaussian_filter
 
+from diffaug.options import (
+    check_blur_sigma,
+    check_brightness,
+    check_channel_axis,
+    check_intensity_range,
+    check_random_state,
+    check_schedule,
+)
 from diffaug.params import ParamsMixin
 from diffaug.pixels import (
     Pixels,
@@ -237,11 +244,11 @@ class DiffusionAugmentor(ParamsMixin):
         check_sampling_strategy(strategy, name="ratio" if _passed(self.ratio) or
                                 _passed(call_ratio) else "sampling_strategy")
         return _Settings(
-            schedule=_check_schedule(self.schedule), blur_sigma=_check_blur(self.blur_sigma),
-            brightness=_check_brightness(self.brightness),
-            channel_axis=_check_channel_axis(self.channel_axis),
-            intensity_range=_check_intensity_range(self.intensity_range),
-            random_state=_check_random_state(random_state,
+            schedule=check_schedule(self.schedule), blur_sigma=check_blur_sigma(self.blur_sigma),
+            brightness=check_brightness(self.brightness),
+            channel_axis=check_channel_axis(self.channel_axis),
+            intensity_range=check_intensity_range(self.intensity_range),
+            random_state=check_random_state(random_state,
                                              "seed" if _passed(self.seed) else "random_state"),
             sampling_strategy=strategy)
 
@@ -282,67 +289,3 @@ def _alias(name: str, value: Any, default: Any, old_name: str, old_value: Any) -
     if not (value is default or isinstance(default, str) and value == default):
         raise ValueError(f"pass {name} only: {old_name} is its deprecated alias.")
     return old_value
-
-
-def _check_schedule(schedule: NoiseSchedule | None) -> NoiseSchedule:
-    if schedule is None:
-        return NoiseSchedule.linear()
-    if not isinstance(schedule, NoiseSchedule):
-        raise TypeError(f"schedule must be a NoiseSchedule or None; got {schedule!r}.")
-    return schedule
-
-
-def _check_blur(blur_sigma: float) -> float:
-    if not _is_real(blur_sigma) or not 0 <= blur_sigma < math.inf:
-        raise ValueError(f"blur_sigma must be >= 0 pixels; got {blur_sigma!r}.")
-    return float(blur_sigma)
-
-
-def _check_brightness(brightness: tuple[float, float]) -> tuple[float, float]:
-    pair = _pair(brightness)
-    if len(pair) != 2 or not all(map(_is_real, pair)) or not 0 < pair[0] <= pair[1] < math.inf:
-        raise ValueError(f"brightness must be a range (low, high) with 0 < low <= high; "
-                         f"got {brightness!r}.")
-    return float(pair[0]), float(pair[1])
-
-
-def _check_channel_axis(channel_axis: int | None) -> int | None:
-    if channel_axis is not None and (isinstance(channel_axis, bool)
-                                     or not isinstance(channel_axis, numbers.Integral)):
-        raise ValueError(f"channel_axis must be an integer axis (0 for (C, H, W), -1 for "
-                         f"(H, W, C)) or None; got {channel_axis!r}.")
-    return None if channel_axis is None else int(channel_axis)
-
-
-def _check_intensity_range(intensity_range: Any) -> tuple[float, float] | None:
-    if intensity_range is None:
-        return None
-    pair = _pair(intensity_range)
-    if len(pair) != 2 or not all(map(_is_real, pair)) \
-            or not -math.inf < pair[0] < pair[1] < math.inf:
-        raise ValueError(f"intensity_range must be (low, high) with low < high, finite; "
-                         f"got {intensity_range!r}.")
-    return float(pair[0]), float(pair[1])
-
-
-def _check_random_state(random_state: Any, name: str) -> RandomState:
-    if random_state is None or isinstance(random_state, np.random.Generator):
-        return random_state
-    if isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral) \
-            or random_state < 0:
-        raise ValueError(f"{name} must be a non-negative integer seed, a numpy.random.Generator "
-                         f"or None; got {random_state!r}.")
-    return random_state
-
-
-def _pair(value: Any) -> tuple[Any, ...]:
-    """``value`` as a tuple, empty if it is not iterable (the callers then refuse it)."""
-    try:
-        return tuple(value)
-    except TypeError:
-        return ()
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-

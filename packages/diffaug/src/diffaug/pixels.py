@@ -42,7 +42,7 @@ class Pixels(NamedTuple):
     low: float
     high: float
     channel_axis: int | None  # where the input keeps its channels, when not last
-    rebuild: Callable[[np.ndarray], Any]  # colour values (color's dtype, channel last) -> input kind
+    rebuild: Callable[[np.ndarray], Any]  # colour values in the input's layout -> input kind
 
     def to_unit_range(self) -> NDArray[np.float32]:
         """x0 = 2 (v - low) / (high - low) - 1, in float32: ample for 16-bit pixels (24-bit
@@ -58,7 +58,7 @@ class Pixels(NamedTuple):
         values = intensities * (self.high - self.low) + self.low
         if self.color.dtype.kind in "iu":
             values = np.rint(values)
-        return self.rebuild(values.astype(self.color.dtype))
+        return self.rebuild(self.to_input_layout(values.astype(self.color.dtype)))
 
     def to_channel_last(self, array: np.ndarray) -> np.ndarray:
         """An array in the input's layout (the noise of a draw) in the layout of ``color``."""
@@ -80,8 +80,7 @@ def unpack(image: Any, *, channel_axis: int | None = None,
     low, high = check_intensities(values, intensity_range)
     moved = None if axis in (None, values.ndim - 1) else axis
     color = values if moved is None else np.moveaxis(values, moved, -1)
-    pixels = Pixels(color, low, high, moved, lambda result: result)
-    return pixels._replace(rebuild=lambda result: like(image, pixels.to_input_layout(result)))
+    return Pixels(color, low, high, moved, lambda result: like(image, result))
 
 
 def _unpack_pil(image: Image.Image, intensity_range: tuple[float, float] | None) -> Pixels:
