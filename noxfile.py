@@ -18,7 +18,10 @@ nox.options.sessions = ["lint", "diffaug", "tests"]  # what CI runs
 DIFFAUG = "packages/diffaug"
 QCLASSIFY = "packages/qclassify"
 TORCH_STACK = ["torch>=2.2", "torchvision>=0.17"]
-TEST_TOOLS = ["pytest>=8", "diffusers>=0.25"]
+# diffusers: the schedule oracle; imbalanced-learn, scikit-learn and MONAI: the augmenter inside
+# their pipelines (tests/diffaug importorskips them, so the torch-free `diffaug` session skips).
+TEST_TOOLS = ["pytest>=8", "diffusers>=0.25", "imbalanced-learn>=0.13", "scikit-learn>=1.3",
+              "monai>=1.4"]
 
 
 def install_everything(session: nox.Session) -> None:

@@ -86,11 +86,11 @@ def _run_cli(*args: object, timeout: float = 60) -> subprocess.CompletedProcess:
 _SLOW_BALANCE = """
 import sys, time
 from diffaug.augment import DiffusionAugmentor
-transform = DiffusionAugmentor.transform
-def slow_transform(self, *args, **kwargs):
+apply = DiffusionAugmentor.apply
+def slow_apply(self, *args, **kwargs):
     time.sleep(0.3)
-    return transform(self, *args, **kwargs)
-DiffusionAugmentor.transform = slow_transform
+    return apply(self, *args, **kwargs)
+DiffusionAugmentor.apply = slow_apply
 from diffaug.cli import main
 main(sys.argv[1:])
 """

@@ -1,6 +1,6 @@
 """The augmenter: eq. 1 then eq. 4 (blur sigma = 0.5 px std dev, then brightness on intensities).
 
-Contract suite: ``check_augmenter`` runs every augmentation path (``__call__``, ``transform``,
+Contract suite: ``check_augmenter`` runs every augmentation path (``__call__``, ``apply``,
 ``fit_resample``, ``balance_folder``) over every supported image kind. Analytic oracles pin
 down the post-processing order, the meaning of sigma and of gamma; a same-seed rederivation
 recomputes a whole augmentation with numpy and scipy from the documented draws.
@@ -40,13 +40,39 @@ def _image(kind: str, seed: int = 0) -> Image.Image | np.ndarray:
         "uint16 (H, W)": lambda: np.rint(values[..., 0] * 65535).astype(np.uint16),
         "float32 (H, W)": lambda: values[..., 0].astype(np.float32),
         "float64 (H, W, 1)": lambda: values[..., :1].copy(),
+        "int16 (H, W)": lambda: np.rint(values[..., 0] * 65535 - 32768).astype(np.int16),
+        "uint8 (C, H, W)": lambda: _channels_first(np.rint(values[..., :3] * 255), np.uint8),
+        "float32 (C, H, W)": lambda: _channels_first(values[..., :2], np.float32),
     }
+    if kind in TENSOR_KINDS:
+        return _tensor(kind, arrays)
     return arrays[kind]()
+
+
+def _channels_first(values: np.ndarray, dtype: type) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(values, -1, 0).astype(dtype))
+
+
+def _tensor(kind: str, arrays: dict[str, Callable[[], np.ndarray]]):
+    """Tensor kinds, importing torch (and MONAI, torchvision) only for the tests that use them."""
+    torch = pytest.importorskip("torch")
+    if kind == "torch float32 (C, H, W)":
+        return torch.from_numpy(arrays["float32 (C, H, W)"]())
+    if kind == "torch uint8 (H, W)":
+        return torch.from_numpy(arrays["uint8 (H, W)"]())
+    if kind == "MetaTensor float32 (1, H, W)":
+        meta_tensor = pytest.importorskip("monai.data").MetaTensor
+        return meta_tensor(torch.from_numpy(arrays["float32 (H, W)"]()[None]),
+                           affine=torch.diag(torch.tensor([2.0, 2.0, 1.0, 1.0])))
+    tv_tensors = pytest.importorskip("torchvision.tv_tensors")
+    return tv_tensors.Image(torch.from_numpy(arrays["uint8 (C, H, W)"]()))
 
 
 PIL_KINDS = ["L", "LA", "RGB", "RGBA", "I;16"]
 ARRAY_KINDS = ["uint8 (H, W)", "uint8 (H, W, 3)", "uint16 (H, W)", "float32 (H, W)",
-               "float64 (H, W, 1)"]
+               "float64 (H, W, 1)", "int16 (H, W)", "uint8 (C, H, W)", "float32 (C, H, W)"]
+TENSOR_KINDS = ["torch float32 (C, H, W)", "torch uint8 (H, W)", "MetaTensor float32 (1, H, W)",
+                "tv_tensors.Image uint8 (3, H, W)"]
 
 
 def _as_array(image) -> np.ndarray:
@@ -54,10 +80,13 @@ def _as_array(image) -> np.ndarray:
 
 
 def _intensities(image) -> np.ndarray:
-    array = _as_array(image).astype(np.float64)
+    array = _as_array(image)
     if isinstance(image, Image.Image):
-        return array / (65535 if image.mode == "I;16" else 255)
-    return array if np.issubdtype(image.dtype, np.floating) else array / np.iinfo(image.dtype).max
+        return array.astype(np.float64) / (65535 if image.mode == "I;16" else 255)
+    if array.dtype.kind == "f":
+        return array.astype(np.float64)
+    info = np.iinfo(array.dtype)  # the dtype's full range is the intensity scale
+    return (array.astype(np.float64) - info.min) / (info.max - info.min)
 
 
 def check_augmenter(make_path: Callable[[int], Callable], image) -> None:
@@ -74,7 +103,7 @@ def check_augmenter(make_path: Callable[[int], Callable], image) -> None:
             np.testing.assert_array_equal(_as_array(out)[..., -1], before[..., -1])
     else:
         assert (out.dtype, out.shape) == (image.dtype, image.shape)
-        if np.issubdtype(out.dtype, np.floating):
+        if _as_array(out).dtype.kind == "f":
             assert out.min() >= 0.0 and out.max() <= 1.0
     np.testing.assert_array_equal(_as_array(image), before)  # input not modified
     np.testing.assert_array_equal(_as_array(make_path(0)(image)), _as_array(out))  # same seed
@@ -88,10 +117,10 @@ def _call_path(seed: int) -> Callable:
     return DiffusionAugmentor(seed=seed)
 
 
-def _transform_path(seed: int) -> Callable:
+def _apply_path(seed: int) -> Callable:
     def augment(image):
         augmentor = DiffusionAugmentor(seed=seed)
-        return augmentor.transform(image, **augmentor.sample_parameters(image)._asdict())
+        return augmentor.apply(image, **augmentor.sample_parameters(image)._asdict())
     return augment
 
 
@@ -119,10 +148,11 @@ def _balance_folder_path(tmp_path: Path) -> Callable:
     return make_path
 
 
-@pytest.mark.parametrize("kind", PIL_KINDS + ARRAY_KINDS)
-@pytest.mark.parametrize("make_path", [_call_path, _transform_path], ids=["call", "transform"])
-def test_contract_call_and_transform(kind, make_path):
-    """Contract suite: the direct paths on every supported PIL mode and array kind."""
+@pytest.mark.parametrize("kind", PIL_KINDS + ARRAY_KINDS + TENSOR_KINDS)
+@pytest.mark.parametrize("make_path", [_call_path, _apply_path], ids=["call", "apply"])
+def test_contract_call_and_apply(kind, make_path):
+    """Contract suite: the direct paths on every supported PIL mode, array and tensor kind
+    (channel-first arrays, int16 and tensors were refused or misread as channel-last)."""
     check_augmenter(make_path, _image(kind))
 
 
@@ -159,9 +189,9 @@ def test_brightness_multiplies_intensities_after_blur():
     """Analytic oracle: a flat grey 128 with no noise and gamma 1.1 becomes round(128 * 1.1)."""
     augmentor = DiffusionAugmentor(schedule=NO_NOISE)
     flat = Image.fromarray(np.full((8, 8), 128, np.uint8))
-    out = augmentor.transform(flat, t=1, gamma=1.1, noise=np.ones((8, 8)))
+    out = augmentor.apply(flat, t=1, gamma=1.1, noise=np.ones((8, 8)))
     np.testing.assert_array_equal(np.asarray(out), np.full((8, 8), round(128 * 1.1)))
-    bright = augmentor.transform(flat, t=1, gamma=3.0, noise=np.zeros((8, 8)))
+    bright = augmentor.apply(flat, t=1, gamma=3.0, noise=np.zeros((8, 8)))
     np.testing.assert_array_equal(np.asarray(bright), 255)  # clipped to the valid range
 
 
@@ -169,7 +199,7 @@ def test_blur_sigma_is_a_standard_deviation_in_pixels():
     """Analytic oracle: a 16-bit impulse spreads as a sampled Gaussian, neighbour/centre = e^-2."""
     impulse = np.zeros((9, 9), np.uint16)
     impulse[4, 4] = 65535
-    out = DiffusionAugmentor(schedule=NO_NOISE, blur_sigma=0.5).transform(
+    out = DiffusionAugmentor(schedule=NO_NOISE, blur_sigma=0.5).apply(
         Image.fromarray(impulse), t=0, gamma=1.0, noise=np.zeros((9, 9)))
     values = np.asarray(out).astype(np.float64)
     np.testing.assert_allclose(values[4, 5] / values[4, 4], np.exp(-1 / (2 * 0.5**2)), rtol=1e-3)
@@ -179,7 +209,7 @@ def test_blur_sigma_is_a_standard_deviation_in_pixels():
 def test_blur_does_not_mix_colour_channels():
     """Analytic oracle: flat R, G, B planes stay flat and distinct (blur is spatial only)."""
     planes = np.zeros((6, 6, 3), np.uint8) + np.array([10, 128, 250], np.uint8)
-    out = DiffusionAugmentor(schedule=NO_NOISE).transform(Image.fromarray(planes), t=0,
+    out = DiffusionAugmentor(schedule=NO_NOISE).apply(Image.fromarray(planes), t=0,
                                                           gamma=1.0, noise=np.zeros((6, 6, 3)))
     np.testing.assert_array_equal(np.asarray(out), planes)
 
@@ -189,7 +219,7 @@ def test_noise_grows_with_t_through_the_augmenter():
     augmentor = DiffusionAugmentor(blur_sigma=0.0)
     image = _image("I;16")
     noise = np.random.default_rng(0).standard_normal((12, 12))
-    changes = [np.abs(_intensities(augmentor.transform(image, t=t, gamma=1.0, noise=noise))
+    changes = [np.abs(_intensities(augmentor.apply(image, t=t, gamma=1.0, noise=noise))
                       - _intensities(image)).mean() for t in range(5)]
     assert all(later > earlier for earlier, later in zip(changes, changes[1:], strict=False))
 
@@ -295,10 +325,13 @@ def test_unsupported_images_are_refused(image, error, message):
     ({"seed": -3}, "seed"),
     ({"seed": 1.5}, "seed"),
 ])
-def test_constructor_validates(kwargs, message):
-    """Contract: bad options raise a ValueError naming the option."""
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # seed= is a deprecated alias
+def test_options_are_validated_at_use(kwargs, message):
+    """Contract: bad options raise a ValueError naming the option at first use (the
+    constructor only stores them, as scikit-learn requires for clone and set_params)."""
+    augmentor = DiffusionAugmentor(**kwargs)
     with pytest.raises(ValueError, match=message):
-        DiffusionAugmentor(**kwargs)
+        augmentor(_image("L"))
 
 
 def test_constructor_is_keyword_only():

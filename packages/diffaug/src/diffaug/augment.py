@@ -1,32 +1,56 @@
-"""The diffusion augmenter (eqs. 1 and 4), the synthesis count (eq. 3) and array oversampling.
+"""The diffusion augmenter (eqs. 1 and 4) and array oversampling (eq. 3).
 
-Pixel scaling: a pixel value v of bit depth b maps to ``x0 = 2 v / (2^b - 1) - 1`` in [-1, 1];
-float arrays are intensities in [0, 1] and map to ``2 v - 1``. The inverse clips, rescales and
-(for integer images) rounds, so 8-bit stays 8-bit, 16-bit stays 16-bit and the PIL mode is kept.
-Noise is drawn independently per colour channel; an alpha channel (LA, RGBA) is passed through.
+Pixel scaling and the kinds of image accepted are :mod:`diffaug.pixels`'; where the draws
+come from (per process, per call, per worker) is :mod:`diffaug.randomness`'; how many images
+each class gets is :mod:`diffaug.plan`'s (re-exported here).
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
-from decimal import ROUND_CEILING, Decimal, InvalidOperation, localcontext
+import warnings
+from decimal import Decimal
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from diffaug.modes import ALPHA_MODES, bit_depth
+from diffaug.options import (
+    check_blur_sigma,
+    check_brightness,
+    check_channel_axis,
+    check_intensity_range,
+    check_random_state,
+    check_schedule,
+)
+from diffaug.params import ParamsMixin
+from diffaug.pixels import (
+    Pixels,
+    channel_axis_of,
+    check_intensities,
+    is_tensor,
+    like,
+    to_numpy,
+    unpack,
+)
+from diffaug.plan import (
+    SamplingStrategy,
+    SyntheticSample,
+    as_ratio,
+    check_sampling_strategy,
+    plan_from_strategy,
+    plan_samples,
+    plan_synthesis,
+)
+from diffaug.randomness import RandomState, RandomStreams
 from diffaug.schedule import NoiseSchedule, forward_diffuse
 
 __all__ = ["DiffusionAugmentor", "DiffusionDraw", "SyntheticSample", "as_ratio",
            "plan_samples", "plan_synthesis"]
 
-_MAX_BY_DTYPE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
-
-ImageT = TypeVar("ImageT", Image.Image, np.ndarray)
+ImageT = TypeVar("ImageT")
+_DEPRECATED = "deprecated"  # default of the deprecated aliases: "not passed"
 
 
 class DiffusionDraw(NamedTuple):
@@ -37,203 +61,231 @@ class DiffusionDraw(NamedTuple):
     noise: NDArray[np.float32]
 
 
-class _Pixels(NamedTuple):
-    """Colour channels to augment, the untouched alpha channel and how to rebuild the input."""
+class _Settings(NamedTuple):
+    """The parameters, validated, with the deprecated aliases resolved."""
 
-    color: np.ndarray
-    alpha: np.ndarray | None
-    max_value: int | None  # None: float intensities in [0, 1]
-    mode: str | None  # PIL mode, None for numpy input
-
-
-def _unpack(image: Image.Image | np.ndarray) -> _Pixels:
-    if isinstance(image, Image.Image):
-        max_value = 2 ** bit_depth(image) - 1
-        values = np.asarray(image)
-        if image.mode in ALPHA_MODES:
-            color = values[..., 0] if image.mode == "LA" else values[..., :-1]
-            return _Pixels(color, values[..., -1], max_value, image.mode)
-        return _Pixels(values, None, max_value, image.mode)
-    if isinstance(image, np.ndarray):
-        if image.ndim not in (2, 3):
-            raise ValueError(f"arrays must be (H, W) or (H, W, C); got shape {image.shape}.")
-        if np.issubdtype(image.dtype, np.floating):
-            return _Pixels(image, None, None, None)
-        if image.dtype not in _MAX_BY_DTYPE:
-            raise ValueError(f"arrays must be uint8, uint16 or float (intensities in [0, 1]); "
-                             f"got dtype {image.dtype}.")
-        return _Pixels(image, None, _MAX_BY_DTYPE[image.dtype], None)
-    raise TypeError(f"expected a PIL image or a numpy array; got {type(image).__name__}.")
+    schedule: NoiseSchedule
+    blur_sigma: float
+    brightness: tuple[float, float]
+    channel_axis: int | None
+    intensity_range: tuple[float, float] | None
+    random_state: RandomState
+    sampling_strategy: SamplingStrategy
 
 
-def _repack(pixels: _Pixels, intensities: np.ndarray, like: ImageT) -> ImageT:
-    """Intensities in [0, 1] back to the input's type, dtype and mode."""
-    if pixels.max_value is None:
-        return intensities.astype(like.dtype)
-    color = np.rint(intensities * pixels.max_value).astype(pixels.color.dtype)
-    if pixels.mode is None:
-        return color
-    if pixels.alpha is not None:
-        color = np.dstack([color, pixels.alpha])
-    # frombytes, not fromarray: it keeps every mode (I;16B, I;16L, I) as it came in.
-    return Image.frombytes(pixels.mode, like.size, color.tobytes())
-
-
-def _to_unit_range(pixels: _Pixels) -> NDArray[np.float32]:
-    """x0 on the [-1, 1] scale, in float32: ample for 8- and 16-bit pixels (24-bit mantissa)
-    and about twice as fast as float64 through eqs. 1 and 4."""
-    scale = 1.0 if pixels.max_value is None else pixels.max_value
-    values = pixels.color.astype(np.float32)
-    values *= np.float32(2.0 / scale)
-    values -= np.float32(1.0)
-    return values
-
-
-class DiffusionAugmentor:
+class DiffusionAugmentor(ParamsMixin):
     """Forward diffusion (eq. 1) of one image at a random t, then blur and brightness (eq. 4).
 
     ``final = Brightness_gamma(GaussianBlur_sigma(x_t))``: the blur (standard deviation
     ``blur_sigma`` pixels, spatial axes only) acts on x_t, then intensities in [0, 1] are
     multiplied by gamma ~ U(brightness) and clipped. t ~ U{0, …, T-1} and eps ~ N(0, I).
 
-    Calling it on a PIL image (an 8- or 16-bit mode of :mod:`diffaug.modes`) or a numpy array
-    (uint8, uint16 or float intensities in [0, 1]; (H, W) or (H, W, C)) returns the same type,
-    mode, dtype and shape. The augmenter owns a numpy Generator seeded by ``seed``.
+    A scikit-learn estimator and imbalanced-learn sampler (without importing either): every
+    parameter is stored unchanged and checked at use; ``get_params``/``set_params``/``clone``
+    work; ``fit_resample(X, y)`` oversamples image arrays.
+
+    Parameters (keyword-only):
+        sampling_strategy: for ``fit``/``fit_resample``: a float is eq. 3's ratio
+            minority/majority after balancing (rounded up in exact decimals, any number of
+            classes: 28 vs 10 images at 0.7 gives 20, where imbalanced-learn's truncation gives
+            19); a dict gives target counts per class; "auto" (= "not majority"), "minority",
+            "not minority" and "all" raise those classes to the majority count.
+        random_state: an int (reproducible), a ``numpy.random.Generator`` (used as it is) or
+            None (fresh entropy). In forked workers and with ``seed=`` per call, see
+            :mod:`diffaug.randomness`.
+        schedule: the noise schedule (default ``NoiseSchedule.linear()``, eq. 2).
+        blur_sigma, brightness: eq. 4's blur standard deviation (pixels) and gamma range.
+        channel_axis: where an array keeps its channels; None decides (tensors: first;
+            numpy: the end axis of size <= 4; ambiguous shapes raise).
+        intensity_range: ``(low, high)`` of the pixel values; None takes it from the dtype
+            (uint8, uint16, int8, int16: their range; floats: [0, 1]). Out-of-range values
+            raise; nothing is clipped silently.
+        seed, ratio: deprecated aliases of ``random_state`` and ``sampling_strategy``.
+
+    Calling it on a PIL image (an 8- or 16-bit mode of :mod:`diffaug.modes`), a numpy array
+    ((H, W), (H, W, C) or (C, H, W)) or a tensor returns the same kind, dtype and shape
+    (:mod:`diffaug.pixels`). (image, label) and dict samples are refused with a hint: apply
+    the augmenter to the image (MONAI: ``Lambdad(keys="image", func=aug)``).
     """
 
-    def __init__(self, *, schedule: NoiseSchedule | None = None, blur_sigma: float = 0.5,
-                 brightness: tuple[float, float] = (0.9, 1.1), seed: int | None = None) -> None:
-        low, high = (float(value) for value in brightness)
-        if not 0 < low <= high < float("inf"):
-            raise ValueError(f"brightness must be a range (low, high) with 0 < low <= high; "
-                             f"got {tuple(brightness)}.")
-        if not 0 <= blur_sigma < float("inf"):
-            raise ValueError(f"blur_sigma must be >= 0 pixels; got {blur_sigma}.")
-        if seed is not None and (not isinstance(seed, numbers.Integral) or seed < 0):
-            raise ValueError(f"seed must be a non-negative integer or None; got {seed!r}.")
-        self.schedule = NoiseSchedule.linear() if schedule is None else schedule
-        self.blur_sigma = float(blur_sigma)
-        self.brightness = (low, high)
+    def __init__(self, *, sampling_strategy: SamplingStrategy = "auto",
+                 random_state: RandomState = None, schedule: NoiseSchedule | None = None,
+                 blur_sigma: float = 0.5, brightness: tuple[float, float] = (0.9, 1.1),
+                 channel_axis: int | None = None,
+                 intensity_range: tuple[float, float] | None = None,
+                 seed: int | None | str = _DEPRECATED,
+                 ratio: float | str | Decimal = _DEPRECATED) -> None:
+        self.sampling_strategy = sampling_strategy
+        self.random_state = random_state
+        self.schedule = schedule
+        self.blur_sigma = blur_sigma
+        self.brightness = brightness
+        self.channel_axis = channel_axis
+        self.intensity_range = intensity_range
         self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self.ratio = ratio
+        self._streams = RandomStreams()
+        for old, new in (("seed", "random_state"), ("ratio", "sampling_strategy")):
+            if _passed(getattr(self, old)):
+                warnings.warn(f"DiffusionAugmentor({old}=...) is deprecated and will be removed "
+                              f"in the next release; use {new}=... instead.",
+                              DeprecationWarning, stacklevel=2)
 
-    def sample_parameters(self, image: Image.Image | np.ndarray) -> DiffusionDraw:
-        """Draw t, gamma and per-channel noise for ``image`` from the augmenter's generator."""
-        shape = _unpack(image).color.shape
-        t = int(self._rng.integers(self.schedule.timesteps))
-        gamma = float(self._rng.uniform(*self.brightness))
-        return DiffusionDraw(t, gamma, self._rng.standard_normal(shape, dtype=np.float32))
+    def validate_params(self) -> None:
+        """Raise ValueError/TypeError for an unusable parameter (every use checks them too;
+        call it to fail before expensive work)."""
+        self._settings()
 
-    def transform(self, image: ImageT, *, t: int, gamma: float, noise: ArrayLike) -> ImageT:
-        """The deterministic augmentation: eq. 1 at step ``t`` with ``noise``, then eq. 4.
+    def sample_parameters(self, image: Any, *, seed: ArrayLike | None = None) -> DiffusionDraw:
+        """Draw t, gamma and per-channel noise (in ``image``'s layout) for ``image``.
 
-        Computed in float32 (``noise`` included), like the draws of :meth:`sample_parameters`."""
-        pixels = _unpack(image)
-        noise = np.asarray(noise, dtype=np.float32)
-        x_t = forward_diffuse(_to_unit_range(pixels), t, noise, self.schedule)
-        spatial_sigma = (self.blur_sigma,) * 2 + (0.0,) * (x_t.ndim - 2)
-        intensities = gaussian_filter(x_t, sigma=spatial_sigma)
-        # (blurred + 1) / 2 * gamma, clipped to [0, 1], in place
-        intensities += np.float32(1.0)
-        intensities *= np.float32(gamma / 2.0)
-        return _repack(pixels, np.clip(intensities, 0.0, 1.0, out=intensities), image)
+        ``seed`` (an int or a sequence such as ``[epoch, index]``) keys the draw, together with
+        ``random_state``; without it the augmenter's generator for this process is used."""
+        settings = self._settings()
+        pixels = self._unpack(image, settings)
+        draw = _draw(pixels, settings, self._streams.generator(settings.random_state, seed))
+        return draw._replace(noise=pixels.to_input_layout(draw.noise))
 
-    def __call__(self, image: ImageT) -> ImageT:
-        """One synthetic version of ``image`` with freshly drawn t, gamma and noise."""
-        return self.transform(image, **self.sample_parameters(image)._asdict())
+    def apply(self, image: ImageT, *, t: int, gamma: float, noise: ArrayLike) -> ImageT:
+        """The deterministic augmentation: eq. 1 at step ``t`` with ``noise`` (in ``image``'s
+        layout), then eq. 4. Computed in float32, like the draws of :meth:`sample_parameters`.
+
+        (Not called ``transform``: imbalanced-learn's Pipeline refuses a step that has both
+        ``transform`` and ``fit_resample``.)"""
+        settings = self._settings()
+        pixels = self._unpack(image, settings)
+        noise = pixels.to_channel_last(np.asarray(noise, dtype=np.float32))
+        return _diffuse(pixels, settings, DiffusionDraw(t, gamma, noise))
+
+    def __call__(self, image: ImageT, *, seed: ArrayLike | None = None) -> ImageT:
+        """One synthetic version of ``image`` with freshly drawn t, gamma and noise; ``seed``
+        as in :meth:`sample_parameters`."""
+        settings = self._settings()
+        pixels = self._unpack(image, settings)
+        generator = self._streams.generator(settings.random_state, seed)
+        return _diffuse(pixels, settings, _draw(pixels, settings, generator))
+
+    def fit(self, X: ArrayLike, y: ArrayLike) -> DiffusionAugmentor:
+        """Check ``X`` (N images) and ``y`` and set ``sampling_strategy_`` (class -> number of
+        images to synthesise); returns ``self``."""
+        self._fit(X, y, self._settings())
+        return self
 
     def fit_resample(self, X: ArrayLike, y: ArrayLike, *,
-                     ratio: float | str | Decimal) -> tuple[np.ndarray, np.ndarray]:
-        """Oversample every minority class up to ``ratio`` × the majority count (eq. 3).
+                     ratio: float | str | Decimal = _DEPRECATED) -> tuple[Any, Any]:
+        """Oversample the classes ``sampling_strategy`` selects (eq. 3 for a ratio).
 
-        Returns ``X`` unchanged followed by the synthetic samples (class by class, in sorted
-        class order), like imbalanced-learn's samplers. Sets ``sampling_strategy_``
-        (class -> number synthesised) and ``sample_indices_`` (for each output row, the row of
-        ``X`` it is, or was synthesised from), as RandomOverSampler does.
+        ``X`` is (N, H, W), (N, H, W, C) or (N, C, H, W) (channels as ``channel_axis`` says for
+        one image). Returns ``X`` unchanged followed by the synthetic samples (class by class,
+        in sorted class order), like imbalanced-learn's samplers, as the kinds of ``X`` and
+        ``y`` that came in. Sets ``sampling_strategy_`` and ``sample_indices_`` (for each output
+        row, the row of ``X`` it is, or was synthesised from), as RandomOverSampler does.
+        ``ratio`` is a deprecated alias of ``sampling_strategy`` for this call.
         """
-        X, y = np.asarray(X), np.asarray(y)
-        if X.ndim not in (3, 4) or y.ndim != 1 or len(X) != len(y):
-            raise ValueError(f"X must be (N, H, W[, C]) and y (N,); got {X.shape} and {y.shape}.")
-        classes, counts = np.unique(y, return_counts=True)
-        if len(classes) < 2:
-            raise ValueError(f"y needs at least 2 classes to balance; got {classes.tolist()}.")
-        plan = plan_synthesis(dict(zip(classes.tolist(), counts.tolist(), strict=True)),
-                              ratio=ratio)
-        run_seed = self.seed if self.seed is not None else int(self._rng.integers(2**63))
+        settings = self._settings(call_ratio=ratio)
+        images, labels, axis = self._fit(X, y, settings)
+        run_seed = self._run_seed(settings.random_state)
         sources: list[int] = []
         synthetic = []
-        for class_index, label in enumerate(classes.tolist()):
-            rows = np.flatnonzero(y == label)
-            for sample in plan_samples(run_seed, class_index, len(rows), plan[label]):
+        for class_index, label in enumerate(self.sampling_strategy_):
+            rows = np.flatnonzero(labels == label)
+            for sample in plan_samples(run_seed, class_index, len(rows),
+                                       self.sampling_strategy_[label]):
                 source = int(rows[sample.source_index])
-                augmentor = self._with_seed(sample.seed)
-                synthetic.append(augmentor(X[source]))
+                pixels = unpack(images[source], channel_axis=axis,
+                                intensity_range=settings.intensity_range)
+                generator = np.random.default_rng(sample.seed)
+                synthetic.append(_diffuse(pixels, settings, _draw(pixels, settings, generator)))
                 sources.append(source)
-        self.sampling_strategy_ = plan
-        self.sample_indices_ = np.concatenate([np.arange(len(X)), sources]).astype(np.intp)
-        X_res = np.concatenate([X, np.asarray(synthetic, dtype=X.dtype).reshape(-1, *X.shape[1:])])
-        return X_res, y[self.sample_indices_]
+        self.sample_indices_ = np.concatenate([np.arange(len(images)), sources]).astype(np.intp)
+        X_res = np.concatenate([images, np.asarray(synthetic, dtype=images.dtype)
+                                .reshape(-1, *images.shape[1:])])
+        return like(X, X_res), like(y, labels[self.sample_indices_])
 
-    def _with_seed(self, seed: int) -> DiffusionAugmentor:
-        return DiffusionAugmentor(schedule=self.schedule, blur_sigma=self.blur_sigma,
-                                  brightness=self.brightness, seed=seed)
+    def _fit(self, X: ArrayLike, y: ArrayLike,
+             settings: _Settings) -> tuple[np.ndarray, np.ndarray, int | None]:
+        """Check the batch; set ``sampling_strategy_``; return images, labels, channel axis."""
+        images, labels = _as_batch(X), _as_batch(y)
+        if images.ndim not in (3, 4) or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(f"X must be (N, H, W), (N, H, W, C) or (N, C, H, W) and y (N,); "
+                             f"got {images.shape} and {labels.shape}.")
+        axis = channel_axis_of(images.shape[1:], settings.channel_axis,
+                               channels_first=is_tensor(X))
+        check_intensities(images, settings.intensity_range)
+        if labels.dtype.kind == "f" and not np.all(np.mod(labels, 1) == 0):
+            raise ValueError("y must hold class labels; got continuous (non-integer float) "
+                             "values.")
+        classes, counts = np.unique(labels, return_counts=True)
+        if len(classes) < 2:
+            raise ValueError(f"y needs at least 2 classes to balance; got {classes.tolist()}.")
+        self.sampling_strategy_ = plan_from_strategy(
+            dict(zip(classes.tolist(), counts.tolist(), strict=True)), settings.sampling_strategy)
+        return images, labels, axis
+
+    def _run_seed(self, random_state: RandomState) -> int:
+        """The seed of :func:`plan_samples`: ``random_state`` itself when it is an int."""
+        if isinstance(random_state, numbers.Integral):
+            return int(random_state)
+        return int(self._streams.generator(random_state).integers(2**63))
+
+    def _unpack(self, image: Any, settings: _Settings) -> Pixels:
+        return unpack(image, channel_axis=settings.channel_axis,
+                      intensity_range=settings.intensity_range)
+
+    def _settings(self, call_ratio: Any = _DEPRECATED) -> _Settings:
+        random_state = _alias("random_state", self.random_state, None, "seed", self.seed)
+        strategy = _alias("sampling_strategy", self.sampling_strategy, "auto", "ratio",
+                          self.ratio)
+        if _passed(call_ratio):
+            warnings.warn("fit_resample(X, y, ratio=...) is deprecated and will be removed in "
+                          "the next release; use DiffusionAugmentor(sampling_strategy=...).",
+                          DeprecationWarning, stacklevel=3)
+            strategy = _alias("sampling_strategy", strategy, "auto", "ratio", call_ratio)
+        check_sampling_strategy(strategy, name="ratio" if _passed(self.ratio) or
+                                _passed(call_ratio) else "sampling_strategy")
+        return _Settings(
+            schedule=check_schedule(self.schedule), blur_sigma=check_blur_sigma(self.blur_sigma),
+            brightness=check_brightness(self.brightness),
+            channel_axis=check_channel_axis(self.channel_axis),
+            intensity_range=check_intensity_range(self.intensity_range),
+            random_state=check_random_state(random_state,
+                                             "seed" if _passed(self.seed) else "random_state"),
+            sampling_strategy=strategy)
 
 
-class SyntheticSample(NamedTuple):
-    """Synthetic image k of a class: which source it comes from and its own seed."""
-
-    k: int
-    source_index: int
-    seed: int
-
-
-def plan_samples(seed: int, class_index: int, n_sources: int,
-                 n_synthetic: int) -> list[SyntheticSample]:
-    """Sources (uniform, with replacement) and per-image seeds for one class.
-
-    Each synthetic image gets its own seed from ``SeedSequence([seed, class_index])`` spawned at
-    key k, so an image does not depend on how the work is split and can be regenerated alone
-    with ``DiffusionAugmentor(seed=sample.seed)``. The source draw uses the unspawned sequence.
-    """
-    if n_synthetic and n_sources < 1:
-        raise ValueError(f"class {class_index} has no images to synthesise from.")
-    entropy = [int(seed), int(class_index)]
-    source_rng = np.random.default_rng(np.random.SeedSequence(entropy))
-    picks = source_rng.integers(n_sources, size=n_synthetic) if n_synthetic else []
-    return [SyntheticSample(k, int(pick), _spawned_seed(entropy, k)) for k, pick in enumerate(picks)]
+def _draw(pixels: Pixels, settings: _Settings, generator: np.random.Generator) -> DiffusionDraw:
+    """t, gamma, then the noise of the colour channels (channel last), in this order."""
+    t = int(generator.integers(settings.schedule.timesteps))
+    gamma = float(generator.uniform(*settings.brightness))
+    return DiffusionDraw(t, gamma, generator.standard_normal(pixels.color.shape,
+                                                             dtype=np.float32))
 
 
-def _spawned_seed(entropy: list[int], k: int) -> int:
-    return int(np.random.SeedSequence(entropy, spawn_key=(k,)).generate_state(1)[0])
+def _diffuse(pixels: Pixels, settings: _Settings, draw: DiffusionDraw) -> Any:
+    """Eq. 1 then eq. 4 on channel-last pixels; the result as the input's kind."""
+    x_t = forward_diffuse(pixels.to_unit_range(), draw.t, draw.noise, settings.schedule)
+    spatial_sigma = (settings.blur_sigma,) * 2 + (0.0,) * (x_t.ndim - 2)
+    intensities = gaussian_filter(x_t, sigma=spatial_sigma)
+    # (blurred + 1) / 2 * gamma, clipped to [0, 1], in place
+    intensities += np.float32(1.0)
+    intensities *= np.float32(draw.gamma / 2.0)
+    return pixels.from_intensities(np.clip(intensities, 0.0, 1.0, out=intensities))
 
 
-def as_ratio(value: float | str | Decimal) -> Decimal:
-    """``value`` as an exact Decimal in (0, 1]; floats by their shortest repr (0.55 -> 0.55)."""
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str, Decimal)):
-        raise ValueError(f"ratio must be a number in (0, 1]; got {value!r}.")
-    try:
-        ratio = Decimal(repr(float(value)) if isinstance(value, float) else str(value).strip())
-    except InvalidOperation:
-        raise ValueError(f"ratio must be a number in (0, 1]; got {value!r}.") from None
-    if not ratio.is_finite() or not 0 < ratio <= 1:
-        raise ValueError(f"ratio must be a number in (0, 1] (minority/majority after "
-                         f"balancing); got {value}.")
-    return ratio
+def _as_batch(values: ArrayLike) -> np.ndarray:
+    """X or y as a numpy array: array-likes as :func:`to_numpy`, lists of images stacked."""
+    return np.asarray(values) if isinstance(values, (list, tuple)) else to_numpy(values)
 
 
-def plan_synthesis(counts: Mapping[Any, int], *, ratio: float | str | Decimal) -> dict[Any, int]:
-    """Eq. 3 per class: ``M_c = max(0, ceil(ratio * N_maj) - N_c)``, in exact decimals.
+def _passed(value: Any) -> bool:
+    """Whether a deprecated alias was given (its default is the string "deprecated")."""
+    return not (isinstance(value, str) and value == _DEPRECATED)
 
-    >>> plan_synthesis({"normal": 280, "stenosis": 102}, ratio=0.7)
-    {'normal': 0, 'stenosis': 94}
-    """
-    ratio = as_ratio(ratio)
-    if not counts:
-        raise ValueError("counts is empty: there are no classes to balance.")
-    for name, count in counts.items():
-        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
-            raise ValueError(f"class {name!r} count must be a non-negative integer; got {count!r}.")
-    with localcontext() as context:
-        context.prec = 100  # exact for any realistic ratio and count
-        target = int((ratio * max(counts.values())).to_integral_value(rounding=ROUND_CEILING))
-    return {name: max(0, target - int(count)) for name, count in counts.items()}
+
+def _alias(name: str, value: Any, default: Any, old_name: str, old_value: Any) -> Any:
+    """``value``, or the deprecated alias's ``old_value`` when only that one was given."""
+    if not _passed(old_value):
+        return value
+    if not (value is default or isinstance(default, str) and value == default):
+        raise ValueError(f"pass {name} only: {old_name} is its deprecated alias.")
+    return old_value

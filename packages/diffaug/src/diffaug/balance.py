@@ -126,7 +126,7 @@ def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | st
     ratio = as_ratio(ratio)
     schedule = NoiseSchedule.linear() if schedule is None else schedule
     settings = {"schedule": schedule, "blur_sigma": blur_sigma, "brightness": tuple(brightness)}
-    DiffusionAugmentor(**settings, seed=seed)  # validates the options before any file work
+    DiffusionAugmentor(**settings, random_state=seed).validate_params()  # before any file work
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise BalanceInputError(f"workers must be an integer >= 1; got {workers!r}.")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
@@ -282,9 +282,9 @@ def _synthesize(settings: dict[str, Any], job: _Job) -> list[tuple[int, float, s
     orientation = exif_orientation(image)
     outcomes = []
     for variant in job.variants:
-        augmentor = DiffusionAugmentor(**settings, seed=variant.seed)
+        augmentor = DiffusionAugmentor(**settings, random_state=variant.seed)
         draw = augmentor.sample_parameters(image)
-        data = encode_png(augmentor.transform(image, **draw._asdict()), orientation=orientation)
+        data = encode_png(augmentor.apply(image, **draw._asdict()), orientation=orientation)
         atomic_write_bytes(variant.target, data)
         outcomes.append((draw.t, draw.gamma, sha256_hex(data)))
     return outcomes
