@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -28,7 +30,7 @@ def _assert_one_line_error(result, *fragments: str, exit_code: int | None = None
         assert result.exit_code == exit_code
     assert "Traceback" not in result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    if result.exit_code == 1:  # click usage errors (2) print the usage line first
+    if "Usage:" not in result.output:  # click's own parse errors print the usage line first
         assert len(lines) == 1, result.output
     for fragment in fragments:
         assert fragment in lines[-1], result.output
@@ -114,15 +116,15 @@ def test_unreadable_image_is_named_and_skipped(image_folder, tmp_path):
     ("arrange", "extra", "fragments", "exit_code"),
     [
         (lambda data: shutil.rmtree(data), [], ["does not exist"], 2),
-        (lambda data: (shutil.rmtree(data), data.mkdir()), [], ["no images"], 1),
-        (lambda data: shutil.rmtree(data / "stenosis"), [], ["only one class"], 1),
-        (lambda data: None, ["--image-size", "16"], ["too small", "--image-size 32"], 1),
+        (lambda data: (shutil.rmtree(data), data.mkdir()), [], ["no images"], 2),
+        (lambda data: shutil.rmtree(data / "stenosis"), [], ["only one class"], 2),
+        (lambda data: None, ["--image-size", "16"], ["--image-size", "32<=x<=4096"], 2),
         (lambda data: None, ["--weights", "absent.pt"], ["--weights", "absent.pt"], 2),
         (lambda data: None, ["--model", "alexnet"], ["--model"], 2),
         (lambda data: None, ["--val-fraction", "0"], ["--val-fraction", "0<x<1"], 2),
         (lambda data: None, ["--test-fraction", "1"], ["--test-fraction", "0<x<1"], 2),
         (lambda data: None, ["--val-fraction", "0.5", "--test-fraction", "0.5"],
-         ["sum below 1"], 1),
+         ["sum below 1"], 2),
         (lambda data: None, ["--seed", "-1"], ["--seed", "x>=0"], 2),
         (lambda data: None, ["--device", "gpu"], ["--device", "'gpu' is not auto, cpu, cuda"], 2),
         (lambda data: None, ["--device", "cuda:x"], ["--device", "cuda:N"], 2),
@@ -130,7 +132,7 @@ def test_unreadable_image_is_named_and_skipped(image_folder, tmp_path):
         (lambda data: None, ["--threshold", "f1"], ["--threshold", "'f1' is not one of"], 2),
         (lambda data: None, ["--lr-schedule", "step"], ["--lr-schedule", "'step' is not"], 2),
         (lambda data: shutil.copytree(data / "stenosis", data / "third"),
-         ["--threshold", "youden"], ["--threshold youden", "two-class task", "3 classes"], 1),
+         ["--threshold", "youden"], ["--threshold youden", "two-class task", "3 classes"], 2),
     ],
     ids=["missing-folder", "empty-folder", "one-class", "image-too-small", "bad-weights",
          "bad-model", "val-fraction-0", "test-fraction-1", "fractions-sum-1", "negative-seed",
@@ -139,8 +141,9 @@ def test_unreadable_image_is_named_and_skipped(image_folder, tmp_path):
 )
 def test_fit_bad_input(image_folder, tmp_path, arrange, extra, fragments, exit_code,
                        monkeypatch):
-    """CLI: each bad input is one clear error line, a non-zero exit and no traceback, and
-    names no run folder (none was made)."""
+    """CLI: each bad input is one clear error line, no traceback, and names no run folder
+    (none was made); an option or input to change exits 2 (click's usage status), a failure
+    while running 1."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     arrange(image_folder)
     # extra comes last: click keeps the last value of a repeated option
@@ -155,7 +158,7 @@ def test_fit_refuses_an_occupied_run_folder(trained_run, tmp_path):
     run, data = trained_run
     occupied = shutil.copytree(run, tmp_path / "run")
     result = _invoke("fit", data, "--out", occupied, *TINY)
-    _assert_one_line_error(result, "already holds a finished run", "--overwrite", exit_code=1)
+    _assert_one_line_error(result, "already holds a finished run", "--overwrite", exit_code=2)
 
 
 def test_evaluate_and_predict_without_model(tmp_path, image_folder):
@@ -171,7 +174,37 @@ def test_evaluate_bad_positive_and_predict_no_images(trained_run, tmp_path):
     run, data = trained_run
     copy = shutil.copytree(run, tmp_path / "run")
     result = _invoke("evaluate", copy, "--positive", "tumour", "--device", "cpu")
-    _assert_one_line_error(result, "'tumour' is not a class", exit_code=1)
+    _assert_one_line_error(result, "'tumour' is not a class", exit_code=2)
     (tmp_path / "empty").mkdir()
     result = _invoke("predict", run, tmp_path / "empty", "--device", "cpu")
     _assert_one_line_error(result, "no readable images", exit_code=1)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["fit", "--help"],
+                                  ["compare", "--help"], ["evaluate", "--help"]])
+def test_help_and_version_import_neither_torch_nor_sklearn(args):
+    """CLI convention: help and version come from the torch-free qclassify.options, so they
+    start at once (the time is measured in BENCHMARKS, not here); every help has an example."""
+    script = ("import sys\n"
+              "from qclassify.cli import main\n"
+              f"try:\n    main({args!r})\n"
+              "except SystemExit as end:\n    assert end.code in (0, None), end.code\n"
+              "heavy = [m for m in ('torch', 'sklearn', 'pennylane') if m in sys.modules]\n"
+              "assert not heavy, heavy\n")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    if "--help" in args:
+        assert "Example:" in completed.stdout
+
+
+def test_evaluate_json_is_the_metrics_file(trained_run, tmp_path):
+    """CLI: --json prints exactly what metrics.json holds, for scripts."""
+    run, _ = trained_run
+    copy = shutil.copytree(run, tmp_path / "run")
+    result = _invoke("evaluate", copy, "--bootstrap", "10", "--device", "cpu", "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    def canonical(text: str) -> str:  # NaN-safe: NaN != NaN, its JSON spelling is equal
+        return json.dumps(json.loads(text), sort_keys=True)
+
+    assert canonical(result.stdout) == canonical((copy / "metrics.json").read_text())

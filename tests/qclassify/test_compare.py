@@ -223,7 +223,7 @@ def test_cli_balanced_run_without_augmented_is_one_line_error(datasets, tmp_path
     data, _ = datasets
     result = CliRunner().invoke(main, ["compare", str(data), "--models", "qmobilenet@balanced",
                                        "--out", str(tmp_path / "report"), *TINY_OPTIONS])
-    assert result.exit_code == 1 and "--augmented" in result.output
+    assert result.exit_code == 2 and "--augmented" in result.output  # a usage error
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 

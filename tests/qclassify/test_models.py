@@ -219,3 +219,12 @@ def test_quantum_model_exports_to_onnx(tmp_path: Path, quantum_model):
     with torch.no_grad():
         expected = quantum_model(batch).numpy()
     np.testing.assert_allclose(onnx_logits, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_the_torch_free_model_table_matches_the_architectures():
+    """Contract: qclassify.options lists the models (for the CLI, without torch) in the order
+    of models.ARCHITECTURES, the table that builds them."""
+    from qclassify.models import ARCHITECTURES
+    from qclassify.options import MODEL_NAMES
+
+    assert tuple(ARCHITECTURES) == MODEL_NAMES

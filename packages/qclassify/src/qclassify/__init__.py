@@ -16,7 +16,7 @@ _EXPORTS = {
     "QuantumMobileNetV2": "qclassify.models",
     "build_model": "qclassify.models",
     "MODEL_NAMES": "qclassify.models",
-    "TrainConfig": "qclassify.config",
+    "TrainConfig": "qclassify.options",
     "fit": "qclassify.train",
     "run_is_complete": "qclassify.config",
     "load_run": "qclassify.inference",

@@ -1,8 +1,12 @@
-"""``qclassify`` command line: a thin shell over `train.fit`, `inference.evaluate_run` and
-`inference.predict_paths`.
+"""``qclassify`` command line: a thin shell over `train.fit`, `inference.evaluate_run`,
+`inference.predict_paths` and `compare.compare`.
 
 Shared options are decorators (`seed_option`, `device_option`, `training_options`, ...) so
 other commands reuse them; the values of `training_options` are the fields of `TrainConfig`.
+Choices and bounds come from the torch-free `qclassify.options`; the library (torch, PennyLane,
+scikit-learn) is imported by the command that runs, so ``--help`` and ``--version`` are instant.
+Exit status: 0 done, 1 a failure while running, 2 a usage error (an option or input to change),
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,38 +14,40 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import re
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from PIL import Image
 
-from qclassify import train
 from qclassify.__main__ import INTERRUPTED_EXIT_CODE, INTERRUPTED_MESSAGE
-from qclassify.compare import compare as compare_runs
-from qclassify.config import (
+from qclassify.options import (
+    BACKENDS,
     LR_SCHEDULES,
     MAX_IMAGE_SIZE,
     MAX_QLAYERS,
     MAX_QUBITS,
+    MIN_IMAGE_SIZE,
+    MODEL_NAMES,
     THRESHOLD_RULES,
+    OptionError,
     TrainConfig,
 )
-from qclassify.inference import evaluate_run, predict_paths
-from qclassify.metrics import METRIC_NAMES
-from qclassify.models import MODEL_NAMES, resolve_device
-from qclassify.quantum import BACKENDS
 from qclassify.runfolder import METRICS_FILE, MODEL_FILE, check_separate
-from qclassify.train import EpochRecord
+
+if TYPE_CHECKING:
+    from qclassify.train import EpochRecord
 
 __all__ = [
     "DeviceType",
     "bootstrap_option",
     "device_option",
+    "json_option",
     "main",
     "positive_option",
     "quiet_option",
@@ -73,6 +79,8 @@ class DeviceType(click.ParamType):
         value = str(value)
         if not self._FORM.fullmatch(value):
             self.fail(f"{value!r} is not auto, cpu, cuda or cuda:N", param, ctx)
+        from qclassify.models import resolve_device  # imports torch: only for a command that runs
+
         try:
             resolve_device(value)
         except ValueError as err:
@@ -89,6 +97,8 @@ device_option = click.option(
     help="auto = cuda when available, else cpu; cuda:N picks one GPU.",
 )
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print the results as JSON (for scripts) instead of a table.")
 bootstrap_option = click.option(
     "--bootstrap", "n_bootstrap", type=click.IntRange(min=0), default=500, show_default=True,
     help="Bootstrap resamples for the 95% confidence intervals.",
@@ -134,7 +144,7 @@ training_options = _compose(
     click.option("--patience", type=click.IntRange(min=1), default=_DEFAULTS.patience,
                  show_default=True,
                  help="Stop after this many epochs without a lower validation loss."),
-    click.option("--image-size", type=click.IntRange(min=1, max=MAX_IMAGE_SIZE),
+    click.option("--image-size", type=click.IntRange(min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE),
                  default=_DEFAULTS.image_size, show_default=True,
                  help="Images are resized to this square size."),
     click.option("--weights", default=_DEFAULTS.weights, show_default=True,
@@ -161,11 +171,21 @@ training_options = _compose(
 )
 
 
+class InputError(click.ClickException):
+    """An option or input to change (`qclassify.options.OptionError`): one ``Error:`` line,
+    exit status 2, as click's own usage errors and ``diffaug``'s."""
+
+    exit_code = 2
+
+
 @contextlib.contextmanager
 def _one_line_errors() -> Iterator[None]:
-    """Library errors become one ``Error: ...`` line and exit status 1, never a traceback."""
+    """Library errors become one ``Error: ...`` line, never a traceback: exit status 2 for an
+    option or input to change, 1 for a failure while running."""
     try:
         yield
+    except OptionError as err:
+        raise InputError(" ".join(str(err).split())) from err
     # ImportError: an optional extra (e.g. qclassify[pennylane]) missing, with its install hint.
     except (ValueError, OSError, RuntimeError, ImportError) as err:
         raise click.ClickException(" ".join(str(err).split())) from err
@@ -210,7 +230,15 @@ class _Commands(click.Group):
 @click.version_option(package_name="qclassify")
 @click.pass_context
 def main(ctx: click.Context) -> None:
-    """MobileNetV2 with a quantum feature layer for imbalanced medical image classification."""
+    """MobileNetV2 with a quantum feature layer for imbalanced medical image classification.
+
+    \b
+    Example:
+        qclassify fit balanced/ --out runs/q --weights none --image-size 64
+        qclassify evaluate runs/q
+        qclassify predict runs/q new_images/ > predictions.csv
+        qclassify compare data/ --augmented balanced/ --out report/ --weights none
+    """
     ctx.with_resource(_warnings_as_lines())
 
 
@@ -224,7 +252,16 @@ def main(ctx: click.Context) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace the files of an earlier run in --out.")
 @quiet_option
 def fit(data: Path, out: Path | None, overwrite: bool, quiet: bool, **options: Any) -> None:
-    """Train a model on DATA (DATA/<class>/* or DATA/train|val|test/<class>/*)."""
+    """Train a model on DATA (DATA/<class>/* or DATA/train|val|test/<class>/*).
+
+    \b
+    Example:
+        diffaug balance data/ balanced/ --ratio 0.7 --seed 0
+        qclassify fit balanced/ --out runs/q --weights none --image-size 64
+        qclassify fit balanced/ --out runs/q2 --model resnet18 --epochs 60 --patience 10
+    """
+    from qclassify import train
+
     config = TrainConfig(**options)
     run_dir = out or Path("runs") / f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
     _check_out(run_dir, data)
@@ -253,13 +290,28 @@ def fit(data: Path, out: Path | None, overwrite: bool, quiet: bool, **options: A
 @seed_option
 @device_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@json_option
 @quiet_option
 def evaluate(run: Path, data: Path | None, n_bootstrap: int, positive: str | None, seed: int,
-             device: str, batch_size: int, quiet: bool) -> None:
-    """Test-set metrics of RUN with bootstrap 95% CIs (DATA defaults to the training data)."""
+             device: str, batch_size: int, as_json: bool, quiet: bool) -> None:
+    """Test-set metrics of RUN with bootstrap 95% CIs (DATA defaults to the training data).
+
+    Writes metrics.json, predictions.csv, confusion_matrix.png and roc.png into RUN.
+
+    \b
+    Example:
+        qclassify evaluate runs/q
+        qclassify evaluate runs/q --bootstrap 2000 --json > metrics.json
+    """
+    from qclassify.inference import evaluate_run
+    from qclassify.metrics import METRIC_NAMES
+
     with _one_line_errors():
         metrics = evaluate_run(run, data, n_bootstrap=n_bootstrap, positive=positive, seed=seed,
                                batch_size=batch_size, device=device, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2, allow_nan=True))
+        return
     for name in METRIC_NAMES:
         click.echo(f"{name:<12} {_number(metrics[name]['value'])}  "
                    f"95% CI {_interval(metrics[name]['ci95'])}")
@@ -281,7 +333,14 @@ def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str,
 
     Folders are searched recursively (dot-entries skipped). The CSV goes to stdout, progress
     bars and warnings to stderr.
+
+    \b
+    Example:
+        qclassify predict runs/q new_images/ > predictions.csv
+        qclassify predict runs/q scan_001.png scan_002.png --device cpu
     """
+    from qclassify.inference import predict_paths
+
     with _one_line_errors():
         rows = predict_paths(run, paths, batch_size=batch_size, device=device,
                              progress=not quiet)
@@ -307,17 +366,34 @@ def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str,
 @training_options
 @bootstrap_option
 @positive_option
+@json_option
 @quiet_option
 def compare(data: Path, augmented: Path | None, models: tuple[str, ...], out: Path,
-            n_bootstrap: int, positive: str | None, quiet: bool, **options: Any) -> None:
+            n_bootstrap: int, positive: str | None, as_json: bool, quiet: bool,
+            **options: Any) -> None:
     """Section 3 of the paper on DATA: the proposed model (qmobilenet on the balanced data),
-    four baselines and two ablations, all tested on DATA's test images, with paired tests."""
+    four baselines and two ablations, all tested on DATA's test images, with paired tests.
+
+    \b
+    Example:
+        diffaug balance data/ balanced/ --ratio 0.7 --seed 0
+        qclassify compare data/ --augmented balanced/ --out report/ --weights none
+        qclassify compare data/ --augmented balanced/ --models qmobilenet@balanced,resnet18
+    """
+    from qclassify.compare import compare as compare_runs
+
     selected = [name for entry in models for name in entry.split(",") if name.strip()]
     _check_out(out, data, augmented)
     with _one_line_errors():
         result = compare_runs(data, augmented, out, models=selected or None,
                               train_config=TrainConfig(**options), n_bootstrap=n_bootstrap,
                               positive=positive, progress=not quiet)
+    if as_json:
+        summary = {"reference": result.reference, "trained": result.trained,
+                   "skipped": result.skipped, "rows": result.rows,
+                   "files": {name: str(path) for name, path in result.files.items()}}
+        click.echo(json.dumps(summary, indent=2, allow_nan=True))
+        return
     click.echo(f"{'run':<24}{'accuracy':>10}{'f1':>8}{'auc':>8}{'DeLong p':>10}{'McNemar p':>11}")
     for row in result.rows:
         click.echo(f"{row['run']:<24}{_number(row['accuracy']):>10}{_number(row['f1']):>8}"

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from qclassify.config import TrainConfig, run_is_complete
 from qclassify.data import discover_dataset
 from qclassify.inference import check_positive, evaluate_run
-from qclassify.models import MODEL_NAMES
+from qclassify.options import MODEL_NAMES, OptionError
 from qclassify.results import RunOutcome, write_report
 from qclassify.runfolder import (
     METRICS_FILE,
@@ -99,24 +99,24 @@ def select_runs(models: Sequence[str] | None, *, has_augmented: bool) -> tuple[l
         return wanted, []
     explicit = [entry.strip() for entry in models or () if entry.strip().endswith("@balanced")]
     if explicit:
-        raise ValueError(
+        raise OptionError(
             f"{', '.join(explicit)} need(s) the diffaug-balanced copy of DATA: pass --augmented "
             "AUG (made by `diffaug balance DATA AUG`)"
         )
     kept = [spec for spec in wanted if spec.data == "original"]
     if not kept:
-        raise ValueError(f"{', '.join(needs_aug)} need(s) --augmented AUG; no run left to make")
+        raise OptionError(f"{', '.join(needs_aug)} need(s) --augmented AUG; no run left to make")
     return kept, needs_aug
 
 
 def _parse_entry(entry: str) -> list[RunSpec]:
     model, _, data = entry.strip().partition("@")
     if model not in MODEL_NAMES:
-        raise ValueError(f"--models: unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}")
+        raise OptionError(f"--models: unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}")
     if not data:
         return [spec for spec in DEFAULT_RUNS if spec.model == model]
     if data not in DATA_SETTINGS:
-        raise ValueError(f"--models: {entry!r} names no data setting; use {model}@original or "
+        raise OptionError(f"--models: {entry!r} names no data setting; use {model}@original or "
                          f"{model}@balanced")
     default = next((s for s in DEFAULT_RUNS if (s.model, s.data) == (model, data)), None)
     return [default or RunSpec(model, data, "extra")]

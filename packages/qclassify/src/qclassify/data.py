@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from sklearn.model_selection import train_test_split
 
 from qclassify.images import IMAGE_EXTENSIONS, find_unreadable, list_images
+from qclassify.options import OptionError
 
 __all__ = [
     "MANIFEST_NAME",
@@ -164,11 +165,12 @@ def discover_dataset(
     folders only (split folders are used as given).
 
     Raises:
-        ValueError: no images, a single class, a class too small to split, or a broken layout.
+        OptionError: no images, a single class, a class too small to split, or a broken layout.
+        ValueError: a damaged manifest, or file names that are not UTF-8.
     """
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"data folder {root} does not exist or is not a folder")
+        raise OptionError(f"data folder {root} does not exist or is not a folder")
     if (root / "train").is_dir():
         layout, candidates = "split", _split_layout(root)
     else:
@@ -179,12 +181,12 @@ def discover_dataset(
     candidates = _drop_unreadable(root, candidates)
     class_names = tuple(sorted({class_name for _, class_name, _ in candidates}))
     if not class_names:
-        raise ValueError(
+        raise OptionError(
             f"no images ({' '.join(IMAGE_EXTENSIONS)}) found in {root}: expected "
             f"{root}/<class>/* or {root}/train|val|test/<class>/*"
         )
     if len(class_names) == 1:
-        raise ValueError(
+        raise OptionError(
             f"only one class ({class_names[0]!r}) found in {root}: classification needs "
             "at least two class folders"
         )
@@ -295,7 +297,7 @@ def _flat_layout(root: Path) -> list[_Candidate]:
 def _split_layout(root: Path) -> list[_Candidate]:
     missing = [split for split in SPLITS if not (root / split).is_dir()]
     if missing:
-        raise ValueError(
+        raise OptionError(
             f"{root} has a train/ folder but no {'/, '.join(missing)}/ folder: the split layout "
             "needs train/, val/ and test/ (or use class folders and let qclassify split them)"
         )
@@ -313,7 +315,7 @@ def _stratified_split(
     root: Path, originals: list[_Candidate], seed: int, val_fraction: float, test_fraction: float
 ) -> list[_Candidate]:
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(
+        raise OptionError(
             f"val and test fractions must be in (0, 1) with a sum below 1; "
             f"got {val_fraction} and {test_fraction}"
         )
@@ -321,7 +323,7 @@ def _stratified_split(
     counts = Counter(class_name for _, class_name, _ in originals)
     too_small = sorted(name for name, n in counts.items() if n < len(SPLITS))
     if too_small:
-        raise ValueError(
+        raise OptionError(
             f"class(es) {', '.join(too_small)} in {root} have fewer than {len(SPLITS)} original "
             "images: a stratified train/val/test split needs at least one per split"
         )
@@ -348,7 +350,7 @@ def _check_splits(root: Path, samples: list[Sample], class_names: tuple[str, ...
     for split in SPLITS:
         present = {s.class_name for s in samples if s.split == split}
         if not present:
-            raise ValueError(f"the {split} split of {root} holds no images")
+            raise OptionError(f"the {split} split of {root} holds no images")
         if split == "train" and len(present) < len(class_names):
             absent = ", ".join(sorted(set(class_names) - present))
-            raise ValueError(f"class(es) {absent} of {root} have no training images")
+            raise OptionError(f"class(es) {absent} of {root} have no training images")

@@ -18,6 +18,7 @@ from qclassify.data import read_split_csv
 from qclassify.images import find_unreadable, list_images
 from qclassify.metrics import evaluate_predictions, predict_classes
 from qclassify.models import build_model, count_parameters, resolve_device
+from qclassify.options import OptionError
 from qclassify.report import plot_confusion_matrix, plot_roc
 from qclassify.runfolder import (
     CONFIG_FILE,
@@ -264,7 +265,7 @@ def _data_dir(run: LoadedRun, data_dir: str | Path | None) -> Path:
     if data_dir is not None:
         return Path(data_dir)
     if "data_dir" not in run.config:
-        raise ValueError(f"{run.run_dir} records no data folder; pass DATA")
+        raise OptionError(f"{run.run_dir} records no data folder; pass DATA")
     return Path(run.config["data_dir"])
 
 
@@ -273,10 +274,10 @@ def check_positive(positive: str | None, class_names: Sequence[str]) -> None:
     if positive is None:
         return
     if len(class_names) != 2:
-        raise ValueError(f"--positive applies to two-class tasks; this one has "
+        raise OptionError(f"--positive applies to two-class tasks; this one has "
                          f"{len(class_names)} classes")
     if positive not in class_names:
-        raise ValueError(f"--positive {positive!r} is not a class; choose one of "
+        raise OptionError(f"--positive {positive!r} is not a class; choose one of "
                          f"{', '.join(class_names)}")
 
 
@@ -295,7 +296,7 @@ def _threshold(run: LoadedRun, positive_index: int | None) -> float | None:
     if run.decision_threshold is None:
         return None
     if positive_index is None or run.class_names[positive_index] != run.positive_class:
-        raise ValueError(f"this run predicts with a decision threshold tuned for positive class "
+        raise OptionError(f"this run predicts with a decision threshold tuned for positive class "
                          f"{run.positive_class!r}; evaluate it with that positive class")
     return run.decision_threshold
 

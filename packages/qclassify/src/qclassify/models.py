@@ -23,6 +23,7 @@ from qclassify.hub_weights import (
     load_hub_state_dict,
     read_state_dict,
 )
+from qclassify.options import MIN_IMAGE_SIZE, MODEL_NAMES, check_image_size
 from qclassify.quantum import QuantumFeatureLayer
 
 __all__ = [
@@ -42,9 +43,6 @@ __all__ = [
 
 # MobileNetV2's feature map has 1280 channels (section 2.3.1).
 MOBILENET_V2_FEATURES = 1280
-# Every backbone downsamples by 32; VGG16 and DenseNet121 fail on smaller inputs, and below it
-# the others would classify a single zero-padded pixel.
-MIN_IMAGE_SIZE = 32
 # The weights every torchvision backbone here offers (the original ImageNet-1k training).
 IMAGENET_WEIGHTS = "IMAGENET1K_V1"
 # torchvision's DenseNet checkpoints predate its module names: "denselayer1.norm.1.weight" is now
@@ -69,7 +67,6 @@ ARCHITECTURES = {
     "densenet121": Architecture("densenet121", head="classifier"),
     "vgg16": Architecture("vgg16", head="classifier.6"),
 }
-MODEL_NAMES = tuple(ARCHITECTURES)
 
 
 def imagenet_weights(torchvision_name: str) -> WeightsEnum:
@@ -222,15 +219,6 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
             f"(first: {example}); it must come from the same model with the same classes"
         )
     model.load_state_dict(state)
-
-
-def check_image_size(image_size: int) -> None:
-    """Raise ValueError when `image_size` is below what the backbones accept."""
-    if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(
-            f"image size {image_size} is too small: the backbones downsample by 32, "
-            f"use --image-size {MIN_IMAGE_SIZE} or more"
-        )
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -20,12 +20,10 @@ import torch
 from torch import nn
 
 from qclassify.encoding import NORM_EPSILON, amplitude_encode
+from qclassify.options import BACKENDS
 from qclassify.statevector import StateVectorCircuit
 
 __all__ = ["BACKENDS", "NORM_EPSILON", "QuantumFeatureLayer", "amplitude_encode"]
-
-BACKENDS = ("torch", "pennylane")
-
 
 def _initial_weights(n_layers: int, n_qubits: int) -> torch.Tensor:
     """Angles uniform in [0, 2π) from torch's global RNG (TorchLayer's default init)."""

@@ -35,6 +35,7 @@ from qclassify.data import SPLIT_COLUMNS, discover_dataset, split_csv_rows
 from qclassify.images import ImageDataset
 from qclassify.metrics import youden_threshold
 from qclassify.models import build_model, resolve_device
+from qclassify.options import OptionError
 from qclassify.runfolder import (
     CONFIG_FILE,
     HISTORY_FILE,
@@ -137,7 +138,7 @@ def fit(
         test_fraction=config.test_fraction,
     )
     if config.threshold != "argmax" and len(dataset.class_names) != 2:
-        raise ValueError(f"--threshold {config.threshold} needs a two-class task; "
+        raise OptionError(f"--threshold {config.threshold} needs a two-class task; "
                          f"{data_dir} has {len(dataset.class_names)} classes")
     torch.manual_seed(config.seed)  # model initialisation draws from torch's global generator
     model = build_model(
@@ -302,7 +303,7 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> Path:
     existing = [name for name in RUN_FILES if (run_dir / name).exists()]
     if existing and not overwrite:
         state = "a finished" if (run_dir / MODEL_FILE).exists() else "an unfinished"
-        raise ValueError(
+        raise OptionError(
             f"{run_dir} already holds {state} run; pass --overwrite or choose another --out"
         )
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,104 @@
+"""Every option of a training run (`TrainConfig`), its bounds and choices, without importing
+torch: the command line builds its help and checks its options from here, so ``qclassify
+--help`` starts at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["BACKENDS", "DEFAULT_Q_DEVICE", "LR_SCHEDULES", "MAX_IMAGE_SIZE", "MAX_QLAYERS",
+           "MAX_QUBITS", "MIN_IMAGE_SIZE", "MODEL_NAMES", "OptionError", "PLACEMENT_OPTIONS",
+           "THRESHOLD_RULES", "TrainConfig", "check_image_size"]
+
+# The models of `qclassify.models.ARCHITECTURES` (a test keeps the two in step).
+MODEL_NAMES = ("qmobilenet", "mobilenet_v2", "resnet18", "densenet121", "vgg16")
+# Circuit simulations of `qclassify.quantum.QuantumFeatureLayer`.
+BACKENDS = ("torch", "pennylane")
+# Every backbone downsamples by 32; VGG16 and DenseNet121 fail on smaller inputs, and below it
+# the others would classify a single zero-padded pixel.
+MIN_IMAGE_SIZE = 32
+
+
+class OptionError(ValueError):
+    """An option or input the user must change (a usage error: the CLIs exit with status 2),
+    as opposed to a failure while running."""
+
+
+# Options that decide where a run is computed, not what it computes: a finished run is reused
+# whatever they were.
+PLACEMENT_OPTIONS = ("device", "num_workers")
+DEFAULT_Q_DEVICE = "default.qubit"
+# How a model turns probabilities into a class: argmax, or (two classes) the validation split's
+# Youden-optimal threshold on the positive-class probability.
+THRESHOLD_RULES = ("argmax", "youden")
+LR_SCHEDULES = ("constant", "cosine")
+# Upper bounds that keep a model buildable in memory, checked before any tensor is allocated
+# (a crafted checkpoint or option must give an error, not an allocator failure): n qubits need
+# Linear(1280, 2^n), 335 MB of weights at n = 16; the paper uses n = 8 and L = 2.
+MAX_QUBITS = 16
+MAX_QLAYERS = 100
+# 3 x 4096^2 float32 inputs are 200 MB per image; the paper uses 224.
+MAX_IMAGE_SIZE = 4096
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``qclassify fit``; the defaults are the paper's recipe (section 2.5)."""
+
+    model: str = "qmobilenet"
+    qubits: int = 4
+    qlayers: int = 2
+    q_backend: str = "torch"
+    q_device: str = DEFAULT_Q_DEVICE  # the PennyLane device of q_backend="pennylane"
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    patience: int = 5
+    image_size: int = 224
+    weights: str = "imagenet"
+    seed: int = 0
+    augment: bool = False  # random flips and small affine maps of training images
+    threshold: str = "argmax"  # or "youden": a decision threshold tuned on validation
+    lr_schedule: str = "constant"  # or "cosine": annealed to 0 over --epochs
+    device: str = "auto"
+    num_workers: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+    def validate(self) -> None:
+        """Raise OptionError naming the first option with an impossible value."""
+        if self.model not in MODEL_NAMES:
+            raise OptionError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+        for name in ("qubits", "qlayers", "epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"--{name.replace('_', '-')} must be at least 1")
+        for name, most in (("qubits", MAX_QUBITS), ("qlayers", MAX_QLAYERS),
+                           ("image_size", MAX_IMAGE_SIZE)):
+            if getattr(self, name) > most:
+                raise OptionError(f"--{name.replace('_', '-')} must be at most {most}")
+        if self.q_backend not in BACKENDS:
+            raise OptionError(f"--q-backend must be one of {', '.join(BACKENDS)}; "
+                             f"got {self.q_backend!r}")
+        if self.num_workers < 0:
+            raise OptionError("--num-workers must be 0 or more")
+        if not (self.lr > 0 and self.weight_decay >= 0):
+            raise OptionError("--lr must be positive and --weight-decay non-negative")
+        if self.threshold not in THRESHOLD_RULES:
+            raise OptionError(f"--threshold must be one of {', '.join(THRESHOLD_RULES)}; "
+                             f"got {self.threshold!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise OptionError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}; "
+                             f"got {self.lr_schedule!r}")
+        if not self.q_device:
+            raise OptionError("--q-device must name a PennyLane device, e.g. default.qubit")
+        check_image_size(self.image_size)
+
+
+def check_image_size(image_size: int) -> None:
+    """Raise OptionError when `image_size` is below what the backbones accept."""
+    if image_size < MIN_IMAGE_SIZE:
+        raise OptionError(
+            f"image size {image_size} is too small: the backbones downsample by 32, "
+            f"use --image-size {MIN_IMAGE_SIZE} or more"
+        )
