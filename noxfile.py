@@ -1,6 +1,6 @@
 """Sessions for the SDA-QEC monorepo: one hand-written file, parametrised by package.
 
-`nox -s lint diffaug tests` is the CI command (see README). Virtualenvs are reused between
+`nox -s lint diffaug package tests` is the CI command (see README). Virtualenvs are reused between
 runs, and every torch-using session installs the same pinned-range stack, so a machine pays
 for torch once per session directory, and CI (which runs `tests` only with torch) once.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import nox
 
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["lint", "diffaug", "tests"]  # what CI runs
+nox.options.sessions = ["lint", "diffaug", "package", "tests"]  # what CI runs
 
 DIFFAUG = "packages/diffaug"
 QCLASSIFY = "packages/qclassify"
