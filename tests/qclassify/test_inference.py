@@ -14,7 +14,14 @@ torch = pytest.importorskip("torch")
 from qclassify.config import TrainConfig  # noqa: E402
 from qclassify.data import read_split_csv  # noqa: E402
 from qclassify.images import make_preprocess, read_image  # noqa: E402
-from qclassify.inference import evaluate_run, load_run, predict_paths  # noqa: E402
+from qclassify.inference import (  # noqa: E402
+    evaluate_run,
+    evaluate_test_split,
+    load_run,
+    predict_paths,
+    save_evaluation,
+)
+from qclassify.runfolder import RunFolder  # noqa: E402
 from qclassify.train import fit  # noqa: E402
 from sklearn.metrics import accuracy_score  # noqa: E402
 
@@ -36,11 +43,36 @@ def _rows(path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def test_evaluating_writes_nothing_and_saving_writes_what_evaluate_run_does(run_copy):
+    """Contract: evaluate_test_split is pure (the folder is unchanged), its predictions are the
+    test originals of split.csv with sklearn's accuracy in its metrics, and save_evaluation
+    writes the files that RunFolder reads back to the same numbers."""
+    run, _ = run_copy
+    before = sorted(p.name for p in run.iterdir())
+    evaluation = evaluate_test_split(run, n_bootstrap=20, seed=0)
+    assert sorted(p.name for p in run.iterdir()) == before
+    test = [s.path for s in read_split_csv(run / "split.csv") if s.split == "test"]
+    assert evaluation.paths == test
+    accuracy = accuracy_score(evaluation.labels, evaluation.proba.argmax(axis=1))
+    assert evaluation.metrics["accuracy"]["value"] == pytest.approx(accuracy, abs=1e-12)
+    folder = save_evaluation(evaluation)
+    assert folder == RunFolder(run)
+    assert json.dumps(folder.read_metrics()) == json.dumps(evaluation.metrics)
+    rows = folder.read_predictions()
+    assert [row["path"] for row in rows] == test
+    np.testing.assert_allclose([[float(row[f"p_{c}"]) for c in ("normal", "stenosis")]
+                                for row in rows], evaluation.proba, rtol=0, atol=1e-15)
+    assert folder.roc_file.read_bytes().startswith(PNG_MAGIC)
+    history = folder.read_history()
+    assert evaluation.metrics["train_seconds"] == pytest.approx(
+        sum(row["seconds"] for row in history))
+
+
 def test_evaluate_writes_metrics_predictions_and_figures(run_copy):
     """Reference implementation: metrics.json has the DESIGN keys, and its accuracy is
     sklearn's accuracy of predictions.csv, which lists exactly the test originals."""
     run, _ = run_copy
-    metrics = evaluate_run(run, n_bootstrap=50, seed=0)
+    metrics = evaluate_run(run, n_bootstrap=50, seed=0).metrics
     stored = json.loads((run / "metrics.json").read_text())
     assert stored == json.loads(json.dumps(metrics))
     for name in METRICS:
@@ -79,7 +111,7 @@ def test_predictions_match_a_direct_forward_pass(run_copy):
 def test_evaluate_positive_option(run_copy):
     """Contract: --positive picks the class of the binary view; an unknown one is an error."""
     run, data = run_copy
-    assert evaluate_run(run, data, n_bootstrap=0, positive="normal")["positive_class"] == "normal"
+    assert evaluate_run(run, data, n_bootstrap=0, positive="normal").metrics["positive_class"] == "normal"
     with pytest.raises(ValueError, match="not a class"):
         evaluate_run(run, data, n_bootstrap=0, positive="tumour")
 
@@ -91,7 +123,7 @@ def test_three_classes_in_split_folders(make_images, tmp_path):
     config = TrainConfig(model="mobilenet_v2", epochs=1, batch_size=4, image_size=32,
                          weights="none", device="cpu")
     fit(data, tmp_path / "run", config, progress=False)
-    metrics = evaluate_run(tmp_path / "run", n_bootstrap=10)
+    metrics = evaluate_run(tmp_path / "run", n_bootstrap=10).metrics
     assert metrics["positive_class"] is None and metrics["averaging"] == "macro"
     assert np.asarray(metrics["confusion_matrix"]).shape == (3, 3)
     assert [r["path"].split("/")[0] for r in _rows(tmp_path / "run" / "predictions.csv")] == (

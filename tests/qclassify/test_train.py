@@ -240,7 +240,7 @@ def test_youden_threshold_is_tuned_on_the_validation_split(make_images, tmp_path
     assert roc_auc_score(is_positive, score) > 0.9  # the stand-in separates the classes
     assert loaded.decision_threshold == youden_threshold(is_positive, score) is not None
     assert loaded.decision_rule_note is None
-    metrics = evaluate_run(run, n_bootstrap=0)
+    metrics = evaluate_run(run, n_bootstrap=0).metrics
     assert metrics["decision_threshold"] == loaded.decision_threshold
     with (run / "predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -272,7 +272,7 @@ def test_youden_falls_back_to_argmax_when_nothing_beats_chance(make_images, tmp_
     stored = json.loads((run / "config.json").read_text())
     assert stored["decision_threshold"] is None
     assert stored["decision_rule_note"] == loaded.decision_rule_note
-    metrics = evaluate_run(run, n_bootstrap=0)
+    metrics = evaluate_run(run, n_bootstrap=0).metrics
     assert metrics["decision_threshold"] is None
     assert metrics["decision_rule_note"] == loaded.decision_rule_note
 

@@ -308,7 +308,7 @@ def evaluate(run: Path, data: Path | None, n_bootstrap: int, positive: str | Non
 
     with _one_line_errors():
         metrics = evaluate_run(run, data, n_bootstrap=n_bootstrap, positive=positive, seed=seed,
-                               batch_size=batch_size, device=device, progress=not quiet)
+                               batch_size=batch_size, device=device, progress=not quiet).metrics
     if as_json:
         click.echo(json.dumps(metrics, indent=2, allow_nan=True))
         return

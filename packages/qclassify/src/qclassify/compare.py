@@ -10,7 +10,6 @@ significance tests against the proposed model and the figures are written by
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import filecmp
 import warnings
@@ -26,13 +25,7 @@ from qclassify.data import discover_dataset
 from qclassify.inference import check_positive, evaluate_run
 from qclassify.options import MODEL_NAMES, OptionError
 from qclassify.results import RunOutcome, write_report
-from qclassify.runfolder import (
-    METRICS_FILE,
-    MODEL_FILE,
-    PREDICTIONS_FILE,
-    check_separate,
-    read_json,
-)
+from qclassify.runfolder import RunFolder, check_separate
 from qclassify.train import fit
 
 __all__ = ["DATA_SETTINGS", "DEFAULT_RUNS", "CompareResult", "RunSpec", "compare", "select_runs"]
@@ -187,10 +180,10 @@ def compare(
         if not run_is_complete(run_dir, run_config, sources[spec.data]):
             fit(sources[spec.data], run_dir, run_config, progress=progress, overwrite=True)
             trained.append(spec.label)
-        metrics = _evaluation(run_dir, data_dir, run_config, n_bootstrap, positive,
-                              fresh=spec.label in trained)
+        evaluated = _evaluation(run_dir, data_dir, run_config, n_bootstrap, positive,
+                                fresh=spec.label in trained)
         outcomes.append(RunOutcome(spec.label, spec.model, spec.data, spec.role, run_dir,
-                                   metrics, *_read_predictions(run_dir, metrics["class_names"])))
+                                   *evaluated))
     reference = next((o.label for o in outcomes if o.role == "proposed"), outcomes[0].label)
     rows, files = write_report(
         report_dir, outcomes, reference=reference, n_bootstrap=n_bootstrap, seed=config.seed,
@@ -245,26 +238,29 @@ def _refuse_differences(what: str, differing: list[tuple[str, str]], data_dir: P
 
 
 def _evaluation(run_dir: Path, data_dir: Path, config: TrainConfig, n_bootstrap: int,
-                positive: str | None, *, fresh: bool) -> dict:
-    """The run's metrics.json, recomputed unless an earlier call wrote it with these settings."""
-    metrics_path, model_path = run_dir / METRICS_FILE, run_dir / MODEL_FILE
-    if (not fresh and metrics_path.is_file() and (run_dir / PREDICTIONS_FILE).is_file()
-            and metrics_path.stat().st_mtime >= model_path.stat().st_mtime):
-        metrics = read_json(metrics_path)
+                positive: str | None, *, fresh: bool
+                ) -> tuple[dict, list[str], np.ndarray, np.ndarray]:
+    """The run's test metrics and predictions (paths, true class indices, probabilities):
+    read back from metrics.json and predictions.csv when an earlier call wrote them with these
+    settings after the model, else evaluated (and written) now."""
+    folder = RunFolder(run_dir)
+    if (not fresh and folder.metrics_file.is_file() and folder.predictions_file.is_file()
+            and folder.metrics_file.stat().st_mtime >= folder.model_file.stat().st_mtime):
+        metrics = folder.read_metrics()
         same = (metrics.get("n_bootstrap") == n_bootstrap
                 and metrics.get("bootstrap_seed") == config.seed
                 and (positive is None or metrics.get("positive_class") == positive))
         if same:
-            return metrics
-    return evaluate_run(run_dir, data_dir, n_bootstrap=n_bootstrap, positive=positive,
-                        seed=config.seed, device=config.device)
+            return metrics, *_saved_predictions(folder, metrics["class_names"])
+    evaluation = evaluate_run(run_dir, data_dir, n_bootstrap=n_bootstrap, positive=positive,
+                              seed=config.seed, device=config.device)
+    return evaluation.metrics, evaluation.paths, evaluation.labels, evaluation.proba
 
 
-def _read_predictions(run_dir: Path, class_names: list[str]) -> tuple[list[str], np.ndarray,
-                                                                       np.ndarray]:
+def _saved_predictions(folder: RunFolder, class_names: list[str]
+                       ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Test image paths, true class indices and class probabilities from predictions.csv."""
-    with (run_dir / PREDICTIONS_FILE).open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = folder.read_predictions()
     paths = [row["path"] for row in rows]
     y_true = np.array([class_names.index(row["true_class"]) for row in rows])
     proba = np.array([[float(row[f"p_{name}"]) for name in class_names] for row in rows])

@@ -25,7 +25,7 @@ from qclassify.options import (  # re-exported: config.TrainConfig is where call
     THRESHOLD_RULES,
     TrainConfig,
 )
-from qclassify.runfolder import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, read_json
+from qclassify.runfolder import RunFolder
 
 __all__ = ["DEFAULT_Q_DEVICE", "LR_SCHEDULES", "MAX_IMAGE_SIZE", "MAX_QLAYERS", "MAX_QUBITS",
            "PLACEMENT_OPTIONS", "THRESHOLD_RULES", "TrainConfig", "run_info", "run_is_complete"]
@@ -42,11 +42,11 @@ def run_is_complete(
     what it computes. An option missing from an older ``config.json`` counts as its default
     (it did not exist yet, and its default reproduces what that version did).
     """
-    run_dir = Path(run_dir)
-    if not all((run_dir / name).is_file() for name in (CONFIG_FILE, HISTORY_FILE, MODEL_FILE)):
+    folder = RunFolder(run_dir)
+    if not folder.is_trained():
         return False
     try:
-        stored = read_json(run_dir / CONFIG_FILE)
+        stored = folder.read_config()
     except (OSError, ValueError):
         return False
     wanted = _comparable_options(config)

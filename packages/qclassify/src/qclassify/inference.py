@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,30 +13,15 @@ from torch import nn
 
 from qclassify.batches import EVAL_BATCH_SIZE, predict_proba
 from qclassify.config import DEFAULT_Q_DEVICE, TrainConfig
-from qclassify.data import read_split_csv
 from qclassify.images import find_unreadable, list_images
 from qclassify.metrics import evaluate_predictions, predict_classes
 from qclassify.models import build_model, count_parameters, resolve_device
 from qclassify.options import OptionError
 from qclassify.report import plot_confusion_matrix, plot_roc
-from qclassify.runfolder import (
-    CONFIG_FILE,
-    CONFUSION_MATRIX_FILE,
-    HISTORY_FILE,
-    METRICS_FILE,
-    MODEL_FILE,
-    PREDICTIONS_FILE,
-    ROC_FILE,
-    SPLIT_FILE,
-    check_separate,
-    read_json,
-    read_torch,
-    write_csv,
-    write_json,
-)
+from qclassify.runfolder import MODEL_FILE, ROC_FILE, SPLIT_FILE, RunFolder, check_separate
 
-__all__ = ["LoadedRun", "check_positive", "evaluate_run", "load_run", "predict_paths",
-           "predict_proba"]
+__all__ = ["Evaluation", "LoadedRun", "check_positive", "evaluate_run", "evaluate_test_split",
+           "load_run", "predict_paths", "predict_proba", "save_evaluation"]
 
 _CHECKPOINT_KEYS = ("model", "class_names", "n_qubits", "n_layers", "q_backend", "image_size",
                     "state_dict")
@@ -79,8 +63,8 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
         ValueError: no such folder, no ``model.pt`` (training not run or not finished), a file
             that is not a usable qclassify checkpoint, or an unreadable ``config.json``.
     """
-    run_dir = Path(run_dir)
-    model_path = run_dir / MODEL_FILE
+    folder = RunFolder(run_dir)
+    run_dir, model_path = folder.path, folder.model_file
     if not run_dir.is_dir():
         raise ValueError(f"run folder {run_dir} does not exist")
     if not model_path.is_file():
@@ -88,7 +72,7 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
             f"{run_dir} holds no {MODEL_FILE}: train it with `qclassify fit` (or let the "
             "training finish) first"
         )
-    checkpoint = read_torch(model_path)
+    checkpoint = folder.read_checkpoint()
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in _CHECKPOINT_KEYS):
         raise ValueError(f"{model_path} is not a qclassify checkpoint (written by `qclassify fit`)")
     class_names = checkpoint["class_names"]
@@ -97,7 +81,6 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
                          "are not a list of names")
     model = _rebuild_model(model_path, checkpoint)
     resolved = resolve_device(device)
-    config_path = run_dir / CONFIG_FILE
     return LoadedRun(
         run_dir=run_dir,
         model=model.to(resolved).eval(),
@@ -108,7 +91,7 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
         decision_threshold=checkpoint.get("decision_threshold"),
         decision_rule_note=checkpoint.get("decision_rule_note"),
         device=resolved,
-        config=read_json(config_path) if config_path.is_file() else {},
+        config=folder.read_config(),
     )
 
 
@@ -134,7 +117,24 @@ def _rebuild_model(model_path: Path, checkpoint: dict) -> nn.Module:
     return model
 
 
-def evaluate_run(
+@dataclass
+class Evaluation:
+    """A run evaluated on the original images of its test split: the metrics, and the
+    predictions they come from (rows in ``split.csv`` order)."""
+
+    run: LoadedRun
+    metrics: dict  # `qclassify.metrics.evaluate_predictions` plus the run's size and timings
+    paths: list[str]  # test images, relative to the data folder
+    labels: np.ndarray  # true class indices
+    proba: np.ndarray  # class probabilities (N, C)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """Predicted class indices, by the run's decision rule."""
+        return self.run.predicted_classes(self.proba)
+
+
+def evaluate_test_split(
     run_dir: str | Path,
     data_dir: str | Path | None = None,
     *,
@@ -144,13 +144,13 @@ def evaluate_run(
     batch_size: int = EVAL_BATCH_SIZE,
     device: str = "auto",
     progress: bool = False,
-) -> dict:
-    """Evaluate a run on the ORIGINAL images of its test split (from ``split.csv``).
+) -> Evaluation:
+    """Evaluate a run on the ORIGINAL images of its test split (from ``split.csv``); writes
+    nothing (`save_evaluation` does).
 
-    Writes ``metrics.json`` (`qclassify.metrics.evaluate_predictions` plus
-    ``inference_ms_per_image``, ``n_parameters``, ``train_seconds`` and ``model``),
-    ``predictions.csv`` (``path,true_class,predicted_class,p_<class>...``),
-    ``confusion_matrix.png`` and ``roc.png`` into the run folder, and returns the metrics.
+    The metrics are `qclassify.metrics.evaluate_predictions` plus ``model``,
+    ``inference_ms_per_image``, ``n_parameters``, ``train_seconds`` and
+    ``decision_rule_note``.
 
     Args:
         data_dir: the dataset folder; defaults to the one recorded in ``config.json``.
@@ -160,16 +160,14 @@ def evaluate_run(
         ValueError: no model, no split.csv, test images missing, or a bad `positive`.
     """
     run = load_run(run_dir, device=device)
+    folder = RunFolder(run.run_dir)
     positive_index = _positive_index(positive, run)
-    data_dir = _data_dir(run, data_dir)
-    # Its figures and CSV files would become images and files of the dataset.
-    check_separate(run.run_dir, data_dir, option="run folder")
-    if not (run.run_dir / SPLIT_FILE).is_file():
+    data_dir = _data_dir(run.run_dir, run.config, data_dir)
+    if not folder.split_file.is_file():
         raise ValueError(f"{run.run_dir} holds no {SPLIT_FILE}: cannot tell its test images")
-    test = [s for s in read_split_csv(run.run_dir / SPLIT_FILE)
-            if s.split == "test" and not s.synthetic]
+    test = [s for s in folder.read_split() if s.split == "test" and not s.synthetic]
     if not test:
-        raise ValueError(f"{run.run_dir / SPLIT_FILE} lists no test images")
+        raise ValueError(f"{folder.split_file} lists no test images")
     missing = [s.path for s in test if not (data_dir / s.path).is_file()]
     if missing:
         raise ValueError(
@@ -185,25 +183,78 @@ def evaluate_run(
     metrics = evaluate_predictions(labels, proba, run.class_names, positive=positive_index,
                                    n_bootstrap=n_bootstrap, seed=seed,
                                    threshold=_threshold(run, positive_index))
+    history = folder.read_history()
     metrics.update(
         model=run.model_name,
         inference_ms_per_image=1000 * forward_seconds / len(test),
         n_parameters=count_parameters(run.model),
-        train_seconds=_train_seconds(run.run_dir),
+        train_seconds=sum(row["seconds"] for row in history) if history else None,
         decision_rule_note=run.decision_rule_note,
     )
-    write_json(run.run_dir / METRICS_FILE, metrics)
-    _write_predictions(run, test, labels, proba)
+    return Evaluation(run, metrics, [s.path for s in test], labels, proba)
+
+
+def save_evaluation(evaluation: Evaluation, data_dir: str | Path | None = None) -> RunFolder:
+    """Write ``metrics.json``, ``predictions.csv`` (``path,true_class,predicted_class,
+    p_<class>...``), ``confusion_matrix.png`` and ``roc.png`` (with the bootstrap band of the
+    metrics' resamples) into the evaluated run's folder.
+
+    Raises:
+        ValueError: the run folder lies inside the data folder (its files would become part
+            of the dataset).
+    """
+    run, metrics = evaluation.run, evaluation.metrics
+    folder = RunFolder(run.run_dir)
+    check_separate(run.run_dir, _data_dir(run.run_dir, run.config, data_dir),
+                   option="run folder")
+    folder.write_metrics(metrics)
+    columns = ["path", "true_class", "predicted_class", *(f"p_{c}" for c in run.class_names)]
+    folder.write_predictions(columns, (
+        {"path": path, "true_class": run.class_names[label],
+         "predicted_class": run.class_names[k], **_probability_columns(run.class_names, row)}
+        for path, label, k, row in zip(evaluation.paths, evaluation.labels,
+                                       evaluation.predicted, evaluation.proba, strict=True)
+    ))
     title = f"{run.model_name} ({run.run_dir.name})"
+    positive_index = (None if metrics.get("positive_class") is None
+                      else run.class_names.index(metrics["positive_class"]))
     plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), run.class_names,
-                          run.run_dir / CONFUSION_MATRIX_FILE, title=title)
-    (run.run_dir / ROC_FILE).unlink(missing_ok=True)
+                          folder.confusion_matrix_file, title=title)
+    folder.roc_file.unlink(missing_ok=True)
     try:
-        plot_roc(labels, proba, run.class_names, run.run_dir / ROC_FILE,
-                 positive=positive_index, n_bootstrap=n_bootstrap, seed=seed, title=title)
+        plot_roc(evaluation.labels, evaluation.proba, run.class_names, folder.roc_file,
+                 positive=positive_index, n_bootstrap=metrics["n_bootstrap"],
+                 seed=metrics["bootstrap_seed"], title=title)
     except ValueError as err:  # a test split without both classes has no ROC curve
         warnings.warn(f"no {ROC_FILE}: {err}", stacklevel=2)
-    return metrics
+    return folder
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data_dir: str | Path | None = None,
+    *,
+    n_bootstrap: int = 500,
+    positive: str | None = None,
+    seed: int = 0,
+    batch_size: int = EVAL_BATCH_SIZE,
+    device: str = "auto",
+    progress: bool = False,
+) -> Evaluation:
+    """`evaluate_test_split` then `save_evaluation`: what ``qclassify evaluate`` does.
+
+    Raises:
+        ValueError: see both; the folder overlap is checked before any image is predicted.
+    """
+    folder = RunFolder(run_dir)
+    if folder.model_file.is_file():  # else evaluate_test_split says what is missing
+        data = _data_dir(folder.path, folder.read_config(), data_dir)
+        check_separate(folder.path, data, option="run folder")  # before predicting anything
+    evaluation = evaluate_test_split(run_dir, data_dir, n_bootstrap=n_bootstrap,
+                                     positive=positive, seed=seed, batch_size=batch_size,
+                                     device=device, progress=progress)
+    save_evaluation(evaluation, data_dir)
+    return evaluation
 
 
 def predict_paths(
@@ -261,12 +312,13 @@ def _probability_columns(class_names: list[str], row: np.ndarray) -> dict[str, f
     return {f"p_{name}": float(p) for name, p in zip(class_names, row, strict=True)}
 
 
-def _data_dir(run: LoadedRun, data_dir: str | Path | None) -> Path:
+def _data_dir(run_dir: Path, config: dict, data_dir: str | Path | None) -> Path:
+    """DATA as given, else the data folder that the run's config.json records."""
     if data_dir is not None:
         return Path(data_dir)
-    if "data_dir" not in run.config:
-        raise OptionError(f"{run.run_dir} records no data folder; pass DATA")
-    return Path(run.config["data_dir"])
+    if "data_dir" not in config:
+        raise OptionError(f"{run_dir} records no data folder; pass DATA")
+    return Path(config["data_dir"])
 
 
 def check_positive(positive: str | None, class_names: Sequence[str]) -> None:
@@ -299,22 +351,3 @@ def _threshold(run: LoadedRun, positive_index: int | None) -> float | None:
         raise OptionError(f"this run predicts with a decision threshold tuned for positive class "
                          f"{run.positive_class!r}; evaluate it with that positive class")
     return run.decision_threshold
-
-
-def _train_seconds(run_dir: Path) -> float | None:
-    history = run_dir / HISTORY_FILE
-    if not history.is_file():
-        return None
-    with history.open(newline="", encoding="utf-8") as handle:
-        return sum(float(row["seconds"]) for row in csv.DictReader(handle))
-
-
-def _write_predictions(run: LoadedRun, test, labels: np.ndarray, proba: np.ndarray) -> None:
-    columns = ["path", "true_class", "predicted_class", *(f"p_{c}" for c in run.class_names)]
-    rows = (
-        {"path": sample.path, "true_class": run.class_names[label],
-         "predicted_class": run.class_names[k], **_probability_columns(run.class_names, row)}
-        for sample, label, k, row in zip(test, labels, run.predicted_classes(proba), proba,
-                                         strict=True)
-    )
-    write_csv(run.run_dir / PREDICTIONS_FILE, columns, rows)

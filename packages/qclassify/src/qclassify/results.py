@@ -7,7 +7,6 @@ writes ``results.csv``, ``results.md``, ``compare.json`` and the section-3 figur
 
 from __future__ import annotations
 
-import csv
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,7 @@ import numpy as np
 
 from qclassify import report
 from qclassify.metrics import METRIC_NAMES, bootstrap_metrics, predict_classes
-from qclassify.runfolder import HISTORY_FILE, atomic_write, write_csv, write_json
+from qclassify.runfolder import RunFolder, atomic_write, write_csv, write_json
 from qclassify.stats import delong_test, mcnemar_test
 
 __all__ = ["FIGURE_FILES", "RESULT_COLUMNS", "RunOutcome", "write_report"]
@@ -224,10 +223,9 @@ def _markdown(rows: Sequence[dict], *, reference: str, n_test: int, class_names:
 
 
 def _read_history(run_dir: Path) -> dict[str, list[float]]:
-    with (run_dir / HISTORY_FILE).open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = RunFolder(run_dir).read_history()
     columns = ("epoch", "train_loss", "val_loss", "val_auc")
-    return {column: [float(row[column]) for row in rows] for column in columns}
+    return {column: [row[column] for row in rows] for column in columns}
 
 
 def _metric_cell(value, low, high) -> str:

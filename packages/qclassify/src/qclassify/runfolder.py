@@ -1,9 +1,10 @@
-"""The files of a run folder (DESIGN.md) and writing them atomically.
+"""The run folder (DESIGN.md): `RunFolder` owns its file names and every reader and writer
+of its files, and every file is written atomically.
 
 Every file is written to a temporary name in the same folder and renamed into place, so a run
 folder never holds a half-written file, whatever happens during training. `atomic_write` is
 the package's one way of writing a file (the figures of `qclassify.report` use it too), so
-this module imports torch only inside the functions that need it.
+this module imports torch (and `qclassify.data`) only inside the methods that need them.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ import json
 import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qclassify.data import Sample
 
 __all__ = [
     "CONFIG_FILE",
@@ -27,8 +32,10 @@ __all__ = [
     "ROC_FILE",
     "RUN_FILES",
     "SPLIT_FILE",
+    "RunFolder",
     "atomic_write",
     "check_separate",
+    "read_csv_rows",
     "read_json",
     "read_torch",
     "write_csv",
@@ -54,6 +61,104 @@ RUN_FILES = (
     CONFUSION_MATRIX_FILE,
     ROC_FILE,
 )
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder of `qclassify fit`: where each of its files is, and how each is read and
+    written (atomically). Readers raise ValueError naming the file."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def split_file(self) -> Path:
+        return self.path / SPLIT_FILE
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def history_file(self) -> Path:
+        return self.path / HISTORY_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def predictions_file(self) -> Path:
+        return self.path / PREDICTIONS_FILE
+
+    @property
+    def confusion_matrix_file(self) -> Path:
+        return self.path / CONFUSION_MATRIX_FILE
+
+    @property
+    def roc_file(self) -> Path:
+        return self.path / ROC_FILE
+
+    def is_trained(self) -> bool:
+        """Whether `fit` finished here: config, history and model (written last) exist."""
+        return all(path.is_file() for path in (self.config_file, self.history_file,
+                                               self.model_file))
+
+    def existing_files(self) -> list[str]:
+        """The names of `RUN_FILES` present in the folder."""
+        return [name for name in RUN_FILES if (self.path / name).exists()]
+
+    def read_config(self) -> dict[str, Any]:
+        """``config.json``; an empty dict when the folder has none (older or foreign folders)."""
+        return read_json(self.config_file) if self.config_file.is_file() else {}
+
+    def write_config(self, info: Mapping[str, Any]) -> Path:
+        return write_json(self.config_file, info)
+
+    def read_split(self) -> list[Sample]:
+        """The samples of ``split.csv`` (see `qclassify.data.read_split_csv`)."""
+        from qclassify.data import read_split_csv
+
+        return read_split_csv(self.split_file)
+
+    def write_split(self, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
+        return write_csv(self.split_file, columns, rows)
+
+    def read_history(self) -> list[dict[str, float]]:
+        """``history.csv``: one dict of floats per epoch; empty when there is no file."""
+        if not self.history_file.is_file():
+            return []
+        return [{key: float(value) for key, value in row.items()}
+                for row in read_csv_rows(self.history_file)]
+
+    def write_history(self, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
+        return write_csv(self.history_file, columns, rows)
+
+    def read_checkpoint(self) -> Any:
+        return read_torch(self.model_file)
+
+    def write_checkpoint(self, checkpoint: Mapping[str, Any]) -> Path:
+        return write_torch(self.model_file, checkpoint)
+
+    def read_metrics(self) -> dict[str, Any]:
+        return read_json(self.metrics_file)
+
+    def write_metrics(self, metrics: Mapping[str, Any]) -> Path:
+        return write_json(self.metrics_file, metrics)
+
+    def read_predictions(self) -> list[dict[str, str]]:
+        """``predictions.csv`` rows (``path,true_class,predicted_class,p_<class>...``)."""
+        return read_csv_rows(self.predictions_file)
+
+    def write_predictions(self, columns: Sequence[str],
+                          rows: Iterable[Mapping[str, Any]]) -> Path:
+        return write_csv(self.predictions_file, columns, rows)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -119,6 +224,19 @@ def write_csv(
     writer.writeheader()
     writer.writerows(rows)
     return atomic_write(path, lambda file: file.write(buffer.getvalue().encode("utf-8")))
+
+
+def read_csv_rows(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a CSV file written by `write_csv`, as dicts of strings.
+
+    Raises:
+        ValueError: the file is unreadable or not UTF-8, naming it.
+    """
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path}: {' '.join(str(err).split())}") from err
 
 
 def write_torch(path: str | Path, obj: Any) -> Path:

@@ -36,17 +36,7 @@ from qclassify.images import ImageDataset
 from qclassify.metrics import youden_threshold
 from qclassify.models import build_model, resolve_device
 from qclassify.options import OptionError
-from qclassify.runfolder import (
-    CONFIG_FILE,
-    HISTORY_FILE,
-    MODEL_FILE,
-    RUN_FILES,
-    SPLIT_FILE,
-    check_separate,
-    write_csv,
-    write_json,
-    write_torch,
-)
+from qclassify.runfolder import MODEL_FILE, RUN_FILES, RunFolder, check_separate
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -148,8 +138,9 @@ def fit(
     )
     staging = _prepare_run_dir(run_dir, overwrite)
     info = run_info(data_dir, config, dataset, model, device)
-    write_json(staging / CONFIG_FILE, info)
-    write_csv(staging / SPLIT_FILE, SPLIT_COLUMNS, split_csv_rows(dataset))
+    staged = RunFolder(staging)
+    staged.write_config(info)
+    staged.write_split(SPLIT_COLUMNS, split_csv_rows(dataset))
 
     with deterministic_algorithms():
         history, best_epoch, best_state, val_outputs = _train(model, dataset, config, device,
@@ -158,7 +149,7 @@ def fit(
     if threshold_note is not None:
         warnings.warn(threshold_note, stacklevel=2)
     info.update(decision_threshold=threshold, decision_rule_note=threshold_note)
-    write_json(staging / CONFIG_FILE, info)
+    staged.write_config(info)
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "model": config.model,
@@ -174,7 +165,7 @@ def fit(
         "best_epoch": best_epoch,
         "state_dict": best_state,
     }
-    write_torch(staging / MODEL_FILE, checkpoint)
+    staged.write_checkpoint(checkpoint)
     _replace_run(staging, run_dir)
     model.load_state_dict(best_state)
     return FitResult(
@@ -235,7 +226,7 @@ def _train(model, dataset, config, device, run_dir, progress, on_epoch):
             seconds=time.perf_counter() - start,
         )
         history.append(record)
-        write_csv(run_dir / HISTORY_FILE, HISTORY_COLUMNS, (asdict(r) for r in history))
+        RunFolder(run_dir).write_history(HISTORY_COLUMNS, (asdict(r) for r in history))
         if on_epoch is not None:
             on_epoch(record)
         if val_loss < best_loss:
@@ -300,7 +291,7 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> Path:
     """The folder to write the new run into: `run_dir` itself when it holds no run, else (with
     `overwrite`) a new hidden staging folder inside it that `_replace_run` moves in at the end.
     Staging folders that an interrupted earlier overwrite left behind are removed."""
-    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    existing = RunFolder(run_dir).existing_files()
     if existing and not overwrite:
         state = "a finished" if (run_dir / MODEL_FILE).exists() else "an unfinished"
         raise OptionError(
