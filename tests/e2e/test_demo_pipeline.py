@@ -111,7 +111,7 @@ def test_fid_is_skipped_with_a_note_without_cached_weights(demo):
 def test_report_table_and_figures(demo):
     """Contract: results.csv has one row per run, every report figure exists, step 5 prints
     the table and where the report is."""
-    from qclassify.results import FIGURE_FILES
+    from qclassify.compare_report import FIGURE_FILES
 
     cwd, _, done = demo
     report = cwd / "demo" / "report"

@@ -26,7 +26,7 @@ METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 def _result_columns() -> tuple[str, ...]:
     """qclassify compare's results.csv header, from qclassify itself (needs torch)."""
     pytest.importorskip("torch")
-    from qclassify.results import RESULT_COLUMNS
+    from qclassify.compare_report import RESULT_COLUMNS
 
     return RESULT_COLUMNS
 

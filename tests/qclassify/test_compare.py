@@ -1,4 +1,4 @@
-"""Tests of `qclassify compare` (qclassify.compare, qclassify.results and the CLI command).
+"""Tests of `qclassify compare` (qclassify.compare, qclassify.compare_report and the CLI command).
 
 Kinds: contract (run selection, report files, resumability, the same-test-set rule), reference
 implementation (the table's metrics and p-values recomputed from predictions.csv with
@@ -22,10 +22,10 @@ pytest.importorskip("torch")
 from click.testing import CliRunner  # noqa: E402
 from qclassify.cli import main  # noqa: E402
 from qclassify.compare import DEFAULT_RUNS, compare, select_runs  # noqa: E402
+from qclassify.compare_report import FIGURE_FILES, RunOutcome, write_report  # noqa: E402
 from qclassify.config import TrainConfig  # noqa: E402
 from qclassify.data import MANIFEST_NAME, discover_dataset  # noqa: E402
 from qclassify.metrics import METRIC_NAMES, evaluate_predictions  # noqa: E402
-from qclassify.results import FIGURE_FILES, RunOutcome, write_report  # noqa: E402
 from qclassify.stats import mcnemar_test  # noqa: E402
 
 COUNTS = {"normal": 20, "stenosis": 14}

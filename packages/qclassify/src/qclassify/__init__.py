@@ -1,6 +1,6 @@
 """qclassify: MobileNetV2 with a quantum feature layer for imbalanced image classification.
 
-Names are imported lazily (PEP 562) so that light modules such as `qclassify.report` and
+Names are imported lazily (PEP 562) so that light modules such as `qclassify.figures` and
 `qclassify.metrics` can be used without paying for torch and PennyLane imports.
 """
 

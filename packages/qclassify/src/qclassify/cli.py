@@ -79,7 +79,7 @@ class DeviceType(click.ParamType):
         value = str(value)
         if not self._FORM.fullmatch(value):
             self.fail(f"{value!r} is not auto, cpu, cuda or cuda:N", param, ctx)
-        from qclassify.models import resolve_device  # imports torch: only for a command that runs
+        from qclassify.devices import resolve_device  # imports torch: only for a command that runs
 
         try:
             resolve_device(value)

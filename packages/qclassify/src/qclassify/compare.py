@@ -5,7 +5,7 @@ the original data and two ablations are trained into ``REPORT/runs/<model>@<data
 evaluated on the same ORIGINAL test images with the same seed. A finished run folder is
 reused, so an interrupted comparison continues where it stopped. The results table, paired
 significance tests against the proposed model and the figures are written by
-`qclassify.results`.
+`qclassify.compare_report`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from qclassify.compare_report import RunOutcome, write_report
 from qclassify.config import TrainConfig, run_is_complete
 from qclassify.data import discover_dataset
 from qclassify.inference import check_positive, evaluate_run
 from qclassify.options import MODEL_NAMES, OptionError
-from qclassify.results import RunOutcome, write_report
 from qclassify.runfolder import RunFolder, check_separate
 from qclassify.train import fit
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qclassify.data import SPLITS, DatasetSplit
+from qclassify.data import SPLITS, DatasetSplit, default_positive_class, train_original_counts
 from qclassify.models import count_parameters
 from qclassify.options import (  # re-exported: config.TrainConfig is where callers found it
     DEFAULT_Q_DEVICE,
@@ -61,16 +61,8 @@ def run_info(
 ) -> dict:
     """The contents of ``config.json``: every option, the data, the classes and their counts,
     the positive class, the model's size, the device and the package versions."""
-    train_originals = dataset.subset("train", originals_only=True)
-    original_counts = {name: 0 for name in dataset.class_names}
-    for sample in train_originals:
-        original_counts[sample.class_name] += 1
-    # Binary tasks: the positive class is the training minority (of the original images, so a
-    # balanced copy of the same data keeps it); ties go to the first class name.
-    positive = (
-        min(dataset.class_names, key=lambda name: original_counts[name])
-        if len(dataset.class_names) == 2 else None
-    )
+    original_counts = train_original_counts(dataset)
+    positive = default_positive_class(dataset)
     return {
         "options": asdict(config),
         "data_dir": str(data_dir),

@@ -41,10 +41,12 @@ __all__ = [
     "SPLIT_COLUMNS",
     "DatasetSplit",
     "Sample",
+    "default_positive_class",
     "discover_dataset",
     "read_manifest",
     "read_split_csv",
     "split_csv_rows",
+    "train_original_counts",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -354,3 +356,21 @@ def _check_splits(root: Path, samples: list[Sample], class_names: tuple[str, ...
         if split == "train" and len(present) < len(class_names):
             absent = ", ".join(sorted(set(class_names) - present))
             raise OptionError(f"class(es) {absent} of {root} have no training images")
+
+
+def train_original_counts(dataset: DatasetSplit) -> dict[str, int]:
+    """Images per class among the ORIGINAL training images (synthetic ones left out)."""
+    counts = {name: 0 for name in dataset.class_names}
+    for sample in dataset.subset("train", originals_only=True):
+        counts[sample.class_name] += 1
+    return counts
+
+
+def default_positive_class(dataset: DatasetSplit) -> str | None:
+    """The positive class of a binary task (DESIGN): the minority of the original training
+    images, so that a balanced copy of the same data keeps it; ties go to the first class
+    name. None for more than two classes."""
+    if len(dataset.class_names) != 2:
+        return None
+    counts = train_original_counts(dataset)
+    return min(dataset.class_names, key=lambda name: counts[name])

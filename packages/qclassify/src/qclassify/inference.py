@@ -13,11 +13,12 @@ from torch import nn
 
 from qclassify.batches import EVAL_BATCH_SIZE, predict_proba
 from qclassify.config import DEFAULT_Q_DEVICE, TrainConfig
+from qclassify.devices import resolve_device
+from qclassify.figures import plot_confusion_matrix, plot_roc
 from qclassify.images import find_unreadable, list_images
 from qclassify.metrics import evaluate_predictions, predict_classes
-from qclassify.models import build_model, count_parameters, resolve_device
+from qclassify.models import build_model, count_parameters
 from qclassify.options import OptionError
-from qclassify.report import plot_confusion_matrix, plot_roc
 from qclassify.runfolder import MODEL_FILE, ROC_FILE, SPLIT_FILE, RunFolder, check_separate
 
 __all__ = ["Evaluation", "LoadedRun", "check_positive", "evaluate_run", "evaluate_test_split",

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights
 
+from qclassify.devices import resolve_device  # re-exported: callers found it here
 from qclassify.hub_weights import (
     WeightsUnavailableError,
     cached_checkpoint_path,
@@ -219,32 +220,6 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
             f"(first: {example}); it must come from the same model with the same classes"
         )
     model.load_state_dict(state)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; any other torch device string as given.
-
-    Raises:
-        ValueError: a CUDA device is requested but CUDA (or that GPU) is not available, or an
-            unknown name.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from err
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {device!r} requested but CUDA is not available; use --device cpu"
-            )
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA "
-                f"device(s) exist; use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
-            )
-    return resolved
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -3,7 +3,7 @@ of its files, and every file is written atomically.
 
 Every file is written to a temporary name in the same folder and renamed into place, so a run
 folder never holds a half-written file, whatever happens during training. `atomic_write` is
-the package's one way of writing a file (the figures of `qclassify.report` use it too), so
+the package's one way of writing a file (the figures of `qclassify.figures` use it too), so
 this module imports torch (and `qclassify.data`) only inside the methods that need them.
 """
 

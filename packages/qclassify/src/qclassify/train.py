@@ -32,9 +32,10 @@ from qclassify.batches import (
 )
 from qclassify.config import TrainConfig, run_info
 from qclassify.data import SPLIT_COLUMNS, discover_dataset, split_csv_rows
+from qclassify.devices import resolve_device
 from qclassify.images import ImageDataset
 from qclassify.metrics import youden_threshold
-from qclassify.models import build_model, resolve_device
+from qclassify.models import build_model
 from qclassify.options import OptionError
 from qclassify.runfolder import MODEL_FILE, RUN_FILES, RunFolder, check_separate
 

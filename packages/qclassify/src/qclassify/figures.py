@@ -1,4 +1,5 @@
-"""Figures of the paper's section 3, drawn with matplotlib only (no pyplot, no torch).
+"""Figures of the paper's section 3, drawn with matplotlib only (no pyplot, no torch), and the
+ROC curves with bootstrap bands they plot (`roc_band`, Figure 2).
 
 Every function takes plain arrays or dicts keyed by run label (e.g. ``"qmobilenet@balanced"``),
 writes one PNG atomically and returns its path. Metric values are floats, NaN where undefined
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from sklearn.metrics import roc_auc_score, roc_curve
 
-from qclassify.curves import roc_band
+from qclassify.metrics import CI_LEVEL, validate_predictions
 from qclassify.runfolder import atomic_write
 
 __all__ = [
+    "FPR_GRID",
     "plot_bootstrap_violins",
     "plot_confusion_grid",
     "plot_confusion_matrix",
@@ -26,10 +29,53 @@ __all__ = [
     "plot_relative_improvement",
     "plot_roc",
     "plot_roc_comparison",
+    "roc_band",
     "plot_training_curves",
     "run_colors",
     "weakest_run",
 ]
+
+FPR_GRID = np.linspace(0.0, 1.0, 201)
+
+
+def roc_band(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    *,
+    positive: int | None,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+) -> dict[str, np.ndarray | float]:
+    """ROC curve on `FPR_GRID` with a percentile bootstrap band.
+
+    Binary view (`positive` given): the positive class's curve. Macro view: the mean of the
+    one-vs-rest curves (interpolated onto the grid), matching the macro AUC. Returns
+    ``{"fpr", "tpr", "low", "high", "auc"}``; low/high are None without defined resamples.
+    """
+    y, p = validate_predictions(y_true, proba, positive=positive)
+    classes = range(p.shape[1]) if positive is None else [positive]
+
+    def mean_curve(index: np.ndarray) -> np.ndarray | None:
+        curves = []
+        for k in classes:
+            is_positive = y[index] == k
+            if is_positive.all() or not is_positive.any():
+                return None
+            fpr, tpr, _ = roc_curve(is_positive, p[index, k])
+            curves.append(np.interp(FPR_GRID, fpr, tpr))
+        return np.mean(curves, axis=0)
+
+    full = np.arange(len(y))
+    tpr = mean_curve(full)
+    if tpr is None:
+        raise ValueError("the ROC curve needs both positive and negative examples of each class")
+    indices = np.random.default_rng(seed).integers(0, len(y), size=(n_bootstrap, len(y)))
+    resampled = [c for c in map(mean_curve, indices) if c is not None]
+    tail = 100 * (1 - CI_LEVEL) / 2
+    low, high = np.percentile(resampled, [tail, 100 - tail], axis=0) if resampled else (None, None)
+    auc = float(np.mean([roc_auc_score(y == k, p[:, k]) for k in classes]))
+    return {"fpr": FPR_GRID, "tpr": tpr, "low": low, "high": high, "auc": auc}
+
 
 DPI = 150
 METRIC_LABELS = {

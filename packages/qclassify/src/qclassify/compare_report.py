@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qclassify import report
+from qclassify import figures
 from qclassify.metrics import METRIC_NAMES, bootstrap_metrics, predict_classes
 from qclassify.runfolder import RunFolder, atomic_write, write_csv, write_json
 from qclassify.stats import delong_test, mcnemar_test
@@ -154,33 +154,33 @@ def _predicted(outcome: RunOutcome, positive: int | None) -> np.ndarray:
 def _figures(report_dir: Path, outcomes: Sequence[RunOutcome], positive: int | None,
              n_bootstrap: int, seed: int) -> dict[str, Path]:
     labels = [o.label for o in outcomes]
-    colors = report.run_colors(labels)
+    colors = figures.run_colors(labels)
     class_names = outcomes[0].metrics["class_names"]
     values = {o.label: {m: _nan_if_none(o.metrics[m]["value"]) for m in METRIC_NAMES}
               for o in outcomes}
     path = {name: report_dir / file for name, file in FIGURE_FILES.items()}
     drawn = {
-        "confusion_matrices": lambda: report.plot_confusion_grid(
+        "confusion_matrices": lambda: figures.plot_confusion_grid(
             {o.label: np.asarray(o.metrics["confusion_matrix"]) for o in outcomes},
             class_names, path["confusion_matrices"]),
-        "roc_curves": lambda: report.plot_roc_comparison(
+        "roc_curves": lambda: figures.plot_roc_comparison(
             {o.label: (o.y_true, o.proba) for o in outcomes}, path["roc_curves"],
             positive=positive, n_bootstrap=n_bootstrap, seed=seed, colors=colors),
-        "radar": lambda: report.plot_radar(values, path["radar"], colors=colors),
-        "metric_heatmap": lambda: report.plot_metric_heatmap(values, path["metric_heatmap"]),
-        "training_curves": lambda: report.plot_training_curves(
+        "radar": lambda: figures.plot_radar(values, path["radar"], colors=colors),
+        "metric_heatmap": lambda: figures.plot_metric_heatmap(values, path["metric_heatmap"]),
+        "training_curves": lambda: figures.plot_training_curves(
             {o.label: _read_history(o.run_dir) for o in outcomes}, path["training_curves"],
             colors=colors),
     }
     if n_bootstrap > 0:
-        drawn["bootstrap_violins"] = lambda: report.plot_bootstrap_violins(
+        drawn["bootstrap_violins"] = lambda: figures.plot_bootstrap_violins(
             {o.label: bootstrap_metrics(o.y_true, o.proba, positive=positive,
                                         n_bootstrap=n_bootstrap, seed=seed,
                                         threshold=o.metrics.get("decision_threshold"))
              for o in outcomes},
             path["bootstrap_violins"], colors=colors)
     if len(outcomes) > 1:
-        drawn["relative_improvement"] = lambda: report.plot_relative_improvement(
+        drawn["relative_improvement"] = lambda: figures.plot_relative_improvement(
             values, path["relative_improvement"], colors=colors)
     files = {}
     for name, draw in drawn.items():
@@ -194,7 +194,7 @@ def _figures(report_dir: Path, outcomes: Sequence[RunOutcome], positive: int | N
 def _markdown(rows: Sequence[dict], *, reference: str, n_test: int, class_names: list[str],
               positive_class: str | None, n_bootstrap: int, seed: int) -> str:
     best = {m: max((r[m] for r in rows if r[m] is not None), default=None) for m in METRIC_NAMES}
-    header = ["Run", "Role", *(report.METRIC_LABELS[m] for m in METRIC_NAMES), "Parameters",
+    header = ["Run", "Role", *(figures.METRIC_LABELS[m] for m in METRIC_NAMES), "Parameters",
               "Train s", "ms/image", "DeLong p", "McNemar p"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -218,8 +218,8 @@ def _markdown(rows: Sequence[dict], *, reference: str, n_test: int, class_names:
         + ("" if positive_class is not None else " (DeLong applies to binary AUCs only)") + ". "
         f"A difference with p >= {SIGNIFICANCE_LEVEL} is within the noise of {n_test} images.",
     ]
-    figures = [f"![{name}]({file})" for name, file in FIGURE_FILES.items()]
-    return "\n".join(["# qclassify compare", "", *lines, "", *notes, "", *figures, ""])
+    figure_links = [f"![{name}]({file})" for name, file in FIGURE_FILES.items()]
+    return "\n".join(["# qclassify compare", "", *lines, "", *notes, "", *figure_links, ""])
 
 
 def _read_history(run_dir: Path) -> dict[str, list[float]]:
