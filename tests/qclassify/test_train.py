@@ -294,3 +294,63 @@ def test_learning_rate_schedule(image_folder, tmp_path, monkeypatch, schedule):
     expected = [1e-3 if schedule == "constant" else 1e-3 * (1 + math.cos(math.pi * e / 3)) / 2
                 for e in range(3)]
     assert rates == pytest.approx(expected, rel=1e-12)
+
+
+class _Interrupt(Exception):
+    """Stands for a kill after an epoch (KeyboardInterrupt would stop pytest)."""
+
+
+def test_resume_equals_an_uninterrupted_run(make_images, tmp_path):
+    """Same-seed rederivation: a run interrupted after epoch 2 of 3 and resumed with
+    fit(resume=True) gives the weights and history (seconds aside) of an uninterrupted run —
+    with dropout (mobilenet_v2: torch's RNG state), a cosine schedule (scheduler state),
+    augmentation and Adam's moments restored; the training state is gone once model.pt is."""
+    data = make_images(tmp_path / "data", counts={"normal": 4, "stenosis": 4})
+    config = TrainConfig(model="mobilenet_v2", augment=True, lr_schedule="cosine",
+                         **{**TINY, "epochs": 3, "patience": 5, "batch_size": 2})
+    fit(data, tmp_path / "whole", config, progress=False)
+
+    def interrupt_after_two(record):
+        if record.epoch == 2:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        fit(data, tmp_path / "resumed", config, progress=False, on_epoch=interrupt_after_two)
+    assert (tmp_path / "resumed" / "training-state.pt").is_file()
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    result = fit(data, tmp_path / "resumed", config, progress=False, resume=True)
+    assert [r.epoch for r in result.history] == [1, 2, 3]
+    whole, resumed = _state(tmp_path / "whole"), _state(tmp_path / "resumed")
+    for key, tensor in whole.items():
+        torch.testing.assert_close(resumed[key], tensor, atol=0, rtol=0, msg=key)
+
+    def without_seconds(run):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in _history(run)]
+
+    assert without_seconds(tmp_path / "resumed") == without_seconds(tmp_path / "whole")
+    assert not (tmp_path / "resumed" / "training-state.pt").exists()
+
+
+def test_resume_refuses_what_it_cannot_continue(image_folder, tmp_path):
+    """Contract: --resume needs an interrupted run of the same options; a finished run, a
+    folder without training state, other options, or --overwrite with it are refused."""
+    from qclassify.options import OptionError
+
+    config = TrainConfig(**{**TINY, "epochs": 2})
+
+    def stop(record):
+        raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        fit(image_folder, tmp_path / "run", config, progress=False, on_epoch=stop)
+    with pytest.raises(OptionError, match="other options"):
+        fit(image_folder, tmp_path / "run", TrainConfig(**{**TINY, "epochs": 3}),
+            progress=False, resume=True)
+    with pytest.raises(OptionError, match="choose one"):
+        fit(image_folder, tmp_path / "run", config, progress=False, resume=True,
+            overwrite=True)
+    with pytest.raises(OptionError, match="no interrupted run"):
+        fit(image_folder, tmp_path / "empty", config, progress=False, resume=True)
+    fit(image_folder, tmp_path / "run", config, progress=False, resume=True)
+    with pytest.raises(OptionError, match="nothing to resume"):
+        fit(image_folder, tmp_path / "run", config, progress=False, resume=True)

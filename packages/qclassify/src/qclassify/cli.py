@@ -250,8 +250,12 @@ def main(ctx: click.Context) -> None:
               show_default=True)
 @training_options
 @click.option("--overwrite", is_flag=True, help="Replace the files of an earlier run in --out.")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run in --out after its last finished epoch "
+                   "(same options; the result equals an uninterrupted run).")
 @quiet_option
-def fit(data: Path, out: Path | None, overwrite: bool, quiet: bool, **options: Any) -> None:
+def fit(data: Path, out: Path | None, overwrite: bool, resume: bool, quiet: bool,
+        **options: Any) -> None:
     """Train a model on DATA (DATA/<class>/* or DATA/train|val|test/<class>/*).
 
     \b
@@ -259,6 +263,7 @@ def fit(data: Path, out: Path | None, overwrite: bool, quiet: bool, **options: A
         diffaug balance data/ balanced/ --ratio 0.7 --seed 0
         qclassify fit balanced/ --out runs/q --weights none --image-size 64
         qclassify fit balanced/ --out runs/q2 --model resnet18 --epochs 60 --patience 10
+        qclassify fit balanced/ --out runs/q2 --model resnet18 --epochs 60 --patience 10 --resume
     """
     from qclassify import train
 
@@ -271,7 +276,7 @@ def fit(data: Path, out: Path | None, overwrite: bool, quiet: bool, **options: A
 
     with _one_line_errors():
         result = train.fit(data, run_dir, config, progress=not quiet, overwrite=overwrite,
-                           on_epoch=log_epoch)
+                           resume=resume, on_epoch=log_epoch)
     stop = "early stop" if result.stopped_early else "all epochs"
     # Named only now: a run refused by validation never creates its folder.
     click.echo(f"run folder: {run_dir}")

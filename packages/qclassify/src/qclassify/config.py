@@ -28,7 +28,8 @@ from qclassify.options import (  # re-exported: config.TrainConfig is where call
 from qclassify.runfolder import RunFolder
 
 __all__ = ["DEFAULT_Q_DEVICE", "LR_SCHEDULES", "MAX_IMAGE_SIZE", "MAX_QLAYERS", "MAX_QUBITS",
-           "PLACEMENT_OPTIONS", "THRESHOLD_RULES", "TrainConfig", "run_info", "run_is_complete"]
+           "PLACEMENT_OPTIONS", "THRESHOLD_RULES", "TrainConfig", "records_same_run", "run_info",
+           "run_is_complete"]
 
 _VERSIONED_PACKAGES = ("qclassify", "torch", "torchvision", "pennylane", "numpy", "scikit-learn")
 
@@ -42,12 +43,19 @@ def run_is_complete(
     what it computes. An option missing from an older ``config.json`` counts as its default
     (it did not exist yet, and its default reproduces what that version did).
     """
-    folder = RunFolder(run_dir)
-    if not folder.is_trained():
-        return False
+    return RunFolder(run_dir).is_trained() and records_same_run(run_dir, config, data_dir)
+
+
+def records_same_run(
+    run_dir: str | Path, config: TrainConfig, data_dir: str | Path | None = None
+) -> bool:
+    """Whether `run_dir`'s ``config.json`` records these options (placement options aside)
+    and, if given, this data folder; False without a readable ``config.json``."""
     try:
-        stored = folder.read_config()
-    except (OSError, ValueError):
+        stored = RunFolder(run_dir).read_config()
+    except ValueError:
+        return False
+    if not stored:
         return False
     wanted = _comparable_options(config)
     found = _comparable_options({**asdict(TrainConfig()), **stored.get("options", {})})

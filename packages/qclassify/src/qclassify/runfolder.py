@@ -32,6 +32,7 @@ __all__ = [
     "ROC_FILE",
     "RUN_FILES",
     "SPLIT_FILE",
+    "TRAINING_STATE_FILE",
     "RunFolder",
     "atomic_write",
     "check_separate",
@@ -51,6 +52,9 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 ROC_FILE = "roc.png"
+# Everything `fit --resume` needs to continue after the last finished epoch (torchvision's
+# reference-script layout); removed once model.pt is written.
+TRAINING_STATE_FILE = "training-state.pt"
 RUN_FILES = (
     CONFIG_FILE,
     SPLIT_FILE,
@@ -60,6 +64,7 @@ RUN_FILES = (
     PREDICTIONS_FILE,
     CONFUSION_MATRIX_FILE,
     ROC_FILE,
+    TRAINING_STATE_FILE,
 )
 
 
@@ -105,6 +110,10 @@ class RunFolder:
     def roc_file(self) -> Path:
         return self.path / ROC_FILE
 
+    @property
+    def training_state_file(self) -> Path:
+        return self.path / TRAINING_STATE_FILE
+
     def is_trained(self) -> bool:
         """Whether `fit` finished here: config, history and model (written last) exist."""
         return all(path.is_file() for path in (self.config_file, self.history_file,
@@ -145,6 +154,12 @@ class RunFolder:
 
     def write_checkpoint(self, checkpoint: Mapping[str, Any]) -> Path:
         return write_torch(self.model_file, checkpoint)
+
+    def read_training_state(self) -> Any:
+        return read_torch(self.training_state_file)
+
+    def write_training_state(self, state: Mapping[str, Any]) -> Path:
+        return write_torch(self.training_state_file, state)
 
     def read_metrics(self) -> dict[str, Any]:
         return read_json(self.metrics_file)

@@ -16,11 +16,13 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, roc_auc_score
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -30,8 +32,8 @@ from qclassify.batches import (
     predict_image_logits,
     probabilities,
 )
-from qclassify.config import TrainConfig, run_info
-from qclassify.data import SPLIT_COLUMNS, discover_dataset, split_csv_rows
+from qclassify.config import TrainConfig, records_same_run, run_info
+from qclassify.data import SPLIT_COLUMNS, DatasetSplit, discover_dataset, split_csv_rows
 from qclassify.devices import resolve_device
 from qclassify.images import ImageDataset
 from qclassify.metrics import youden_threshold
@@ -49,6 +51,7 @@ __all__ = [
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "seconds")
 CHECKPOINT_FORMAT = 1
+TRAINING_STATE_FORMAT = 1
 # Hidden folder inside a run folder where an --overwrite run is trained until it is finished.
 _STAGING_PREFIX = ".fit-"
 
@@ -98,6 +101,7 @@ def fit(
     *,
     progress: bool = True,
     overwrite: bool = False,
+    resume: bool = False,
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> FitResult:
     """Train `config.model` on `data_dir` and write the run folder `run_dir`.
@@ -113,6 +117,10 @@ def fit(
             folder is refused. The new run is trained in a hidden folder inside `run_dir` and
             replaces the old one only once its ``model.pt`` is written, so an interrupted
             overwrite leaves the old run as it was.
+        resume: continue an interrupted run in `run_dir` after its last finished epoch (the
+            training state written after every epoch: model, optimizer, scheduler, progress
+            and RNG states), with the same options and data; the result equals an
+            uninterrupted run's.
         on_epoch: called with each epoch's record as soon as the epoch ends.
 
     Raises:
@@ -137,15 +145,20 @@ def fit(
         n_qubits=config.qubits, n_layers=config.qlayers, q_backend=config.q_backend,
         q_device=config.q_device,
     )
-    staging = _prepare_run_dir(run_dir, overwrite)
     info = run_info(data_dir, config, dataset, model, device)
-    staged = RunFolder(staging)
-    staged.write_config(info)
-    staged.write_split(SPLIT_COLUMNS, split_csv_rows(dataset))
+    if resume:
+        _check_resumable(run_dir, config, data_dir, dataset, overwrite)
+        staging, staged = run_dir, RunFolder(run_dir)
+    else:
+        staging = _prepare_run_dir(run_dir, overwrite)
+        staged = RunFolder(staging)
+        staged.write_config(info)
+        staged.write_split(SPLIT_COLUMNS, split_csv_rows(dataset))
 
     with deterministic_algorithms():
         history, best_epoch, best_state, val_outputs = _train(model, dataset, config, device,
-                                                              staging, progress, on_epoch)
+                                                              staging, progress, on_epoch,
+                                                              resume=resume)
     threshold, threshold_note = _decision_rule(config, info, val_outputs)
     if threshold_note is not None:
         warnings.warn(threshold_note, stacklevel=2)
@@ -167,6 +180,7 @@ def fit(
         "state_dict": best_state,
     }
     staged.write_checkpoint(checkpoint)
+    staged.training_state_file.unlink()  # model.pt is the finished run; nothing to resume
     _replace_run(staging, run_dir)
     model.load_state_dict(best_state)
     return FitResult(
@@ -180,7 +194,33 @@ def fit(
     )
 
 
-def _train(model, dataset, config, device, run_dir, progress, on_epoch):
+@dataclass
+class _Progress:
+    """Where training stands after an epoch: what `fit --resume` saves and restores."""
+
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    best_loss: float = math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    best_val: tuple[np.ndarray, np.ndarray] | None = None  # labels, probabilities
+
+    def should_stop(self, epoch: int, patience: int) -> bool:
+        return self.best_epoch < epoch and epoch - self.best_epoch >= patience
+
+
+class TrainingOutcome(NamedTuple):
+    """What `_train` returns: every epoch, and the best epoch with its weights and its
+    validation labels and probabilities."""
+
+    history: list[EpochRecord]
+    best_epoch: int
+    best_state: dict[str, torch.Tensor]
+    val_outputs: tuple[np.ndarray, np.ndarray]
+
+
+def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device: torch.device,
+           run_dir: Path, progress: bool, on_epoch: Callable[[EpochRecord], None] | None,
+           resume: bool = False) -> TrainingOutcome:
     def loader(split: str, train: bool) -> DataLoader:
         samples = dataset.subset(split)
         augment_seed = config.seed if train and config.augment else None
@@ -190,6 +230,7 @@ def _train(model, dataset, config, device, run_dir, progress, on_epoch):
                            shuffle=train, seed=config.seed, device=device,
                            epoch_keys=augment_seed is not None)
 
+    folder = RunFolder(run_dir)
     train_loader = loader("train", train=True)
     val_samples = dataset.subset("val")
     val_paths = dataset.paths(val_samples)
@@ -202,9 +243,11 @@ def _train(model, dataset, config, device, run_dir, progress, on_epoch):
     # the last of --epochs; early stopping may end training before that.
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
                  if config.lr_schedule == "cosine" else None)
-    history: list[EpochRecord] = []
-    best_epoch, best_loss, best_state, best_val = 0, math.inf, None, None
-    for epoch in range(1, config.epochs + 1):
+    state = (_restore(folder, model, optimizer, scheduler, device) if resume
+             else _Progress())
+    for epoch in range(len(state.history) + 1, config.epochs + 1):
+        if state.should_stop(epoch - 1, config.patience):
+            break
         start = time.perf_counter()
         train_loader.sampler.set_epoch(epoch)
         train_loss = _train_epoch(model, train_loader, optimizer, device,
@@ -226,19 +269,64 @@ def _train(model, dataset, config, device, run_dir, progress, on_epoch):
             val_auc=_auc(labels, proba),
             seconds=time.perf_counter() - start,
         )
-        history.append(record)
-        RunFolder(run_dir).write_history(HISTORY_COLUMNS, (asdict(r) for r in history))
+        state.history.append(record)
+        if val_loss < state.best_loss:
+            state.best_epoch, state.best_loss, state.best_val = epoch, val_loss, (labels, proba)
+            state.best_state = _cpu_copy(model.state_dict())
+        folder.write_history(HISTORY_COLUMNS, (asdict(r) for r in state.history))
+        _save(folder, state, model, optimizer, scheduler)
         if on_epoch is not None:
             on_epoch(record)
-        if val_loss < best_loss:
-            best_epoch, best_loss, best_val = epoch, val_loss, (labels, proba)
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        elif epoch - best_epoch >= config.patience:
-            break
-    if best_state is None:  # every validation loss was NaN: keep the last weights
-        best_epoch, best_val = len(history), (labels, proba)
-        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return history, best_epoch, best_state, best_val
+    if state.best_state is None:  # every validation loss was NaN: keep the last weights
+        state.best_epoch, state.best_val = len(state.history), (labels, proba)
+        state.best_state = _cpu_copy(model.state_dict())
+    return TrainingOutcome(state.history, state.best_epoch, state.best_state, state.best_val)
+
+
+def _cpu_copy(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in state_dict.items()}
+
+
+def _save(folder: RunFolder, state: _Progress, model: nn.Module, optimizer: torch.optim.Optimizer,
+          scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> None:
+    """Everything needed to continue after this epoch, as tensors and plain containers (so it
+    loads with weights_only=True): model, optimizer, scheduler, progress and RNG states."""
+    labels, proba = state.best_val if state.best_val is not None else (None, None)
+    folder.write_training_state({
+        "format": TRAINING_STATE_FORMAT,
+        "model": _cpu_copy(model.state_dict()),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
+        "history": [asdict(record) for record in state.history],
+        "best_epoch": state.best_epoch,
+        "best_loss": state.best_loss,
+        "best_state": state.best_state,
+        "best_val_labels": None if labels is None else torch.from_numpy(labels),
+        "best_val_proba": None if proba is None else torch.from_numpy(proba),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    })
+
+
+def _restore(folder: RunFolder, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+             device: torch.device) -> _Progress:
+    """Load what `_save` wrote into the model, optimizer and scheduler; the saved progress."""
+    saved = folder.read_training_state()
+    if not isinstance(saved, dict) or saved.get("format") != TRAINING_STATE_FORMAT:
+        raise ValueError(f"{folder.training_state_file} is not a qclassify training state")
+    model.load_state_dict(saved["model"])
+    model.to(device)
+    optimizer.load_state_dict(saved["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    if saved["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    best_val = (None if saved["best_val_labels"] is None
+                else (saved["best_val_labels"].numpy(), saved["best_val_proba"].numpy()))
+    return _Progress([EpochRecord(**row) for row in saved["history"]], saved["best_epoch"],
+                     saved["best_loss"], saved["best_state"], best_val)
 
 
 def _decision_rule(
@@ -288,6 +376,27 @@ def _auc(labels: np.ndarray, proba: np.ndarray) -> float:
     return float(roc_auc_score(labels, proba, multi_class="ovr", average="macro"))
 
 
+def _check_resumable(run_dir: Path, config: TrainConfig, data_dir: Path, dataset: DatasetSplit,
+                     overwrite: bool) -> None:
+    """Refuse `resume` unless `run_dir` holds an interrupted run of these options and data
+    with the same split (OptionError: the user must change the command)."""
+    folder = RunFolder(run_dir)
+    if overwrite:
+        raise OptionError("--resume continues a run and --overwrite replaces it: choose one")
+    if folder.model_file.is_file():
+        raise OptionError(f"{run_dir} holds a finished run: nothing to resume")
+    if not folder.training_state_file.is_file():
+        raise OptionError(f"{run_dir} holds no interrupted run to resume (no "
+                          f"{folder.training_state_file.name}); start it without --resume")
+    if not records_same_run(run_dir, config, data_dir):
+        raise OptionError(f"{run_dir} was trained with other options or data; resume it with "
+                          f"the options of its {folder.config_file.name}")
+    split = [(s.path, s.class_name, s.split) for s in folder.read_split()]
+    if split != [(r["path"], r["class"], r["split"]) for r in split_csv_rows(dataset)]:
+        raise OptionError(f"the images of {data_dir} are no longer split as "
+                          f"{folder.split_file} records; the run cannot be resumed")
+
+
 def _prepare_run_dir(run_dir: Path, overwrite: bool) -> Path:
     """The folder to write the new run into: `run_dir` itself when it holds no run, else (with
     `overwrite`) a new hidden staging folder inside it that `_replace_run` moves in at the end.
@@ -296,7 +405,9 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> Path:
     if existing and not overwrite:
         state = "a finished" if (run_dir / MODEL_FILE).exists() else "an unfinished"
         raise OptionError(
-            f"{run_dir} already holds {state} run; pass --overwrite or choose another --out"
+            f"{run_dir} already holds {state} run; pass --overwrite"
+            + ("" if state == "a finished" else " (or --resume to continue it)")
+            + " or choose another --out"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in run_dir.glob(f"{_STAGING_PREFIX}*"):
