@@ -49,7 +49,7 @@ from PIL import Image  # noqa: E402
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 DIMS = 64  # first max-pool block: three convolutions, fast on a CPU
-PYTORCH_FID_RTOL = 1e-3  # the agreement target with `python -m pytorch_fid`
+PYTORCH_FID_RTOL = 1e-3  # the agreement required with `python -m pytorch_fid`
 FEATURE_RTOL = 1e-4  # float32 convolutions in another memory layout / batch composition
 SAME_FEATURES_RTOL = 1e-6  # one feature set, two exact trace formulas
 
