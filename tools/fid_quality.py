@@ -33,8 +33,7 @@ from pathlib import Path
 import click
 import torch
 from diffaug import balance_folder
-from diffaug.features import inception_weights_path
-from diffaug.fid import FID_DIMS, FewImagesWarning, compute_fid
+from diffaug.fid import FID_DIMS, FewImagesWarning, compute_fid, inception_weights_path
 from diffaug.io import MANIFEST_NAME, atomic_write_bytes, read_manifest
 from medmnist_to_folder import SOURCE_FILE, convert_medmnist
 from PIL import Image
@@ -155,7 +154,7 @@ def markdown(distances: list[SetDistance], *, source: str, minority: str, n_held
         + ". Compare FIDs only between rows of this table (same held-out set, similar set "
         "sizes), not with the paper's 28.3 / 45.7. KID is unbiased; its ± is the spread over "
         "100 random subsets (1000 images, or half the smaller set when a set is smaller; "
-        "see diffaug.kid.kid_subset_size), not a confidence interval.")
+        "see diffaug.fid.kid.kid_subset_size), not a confidence interval.")
     return "\n".join(lines) + "\n"
 
 

@@ -173,7 +173,7 @@ def fid_skip_note() -> str | None:
     Looks for pytorch-fid's Inception weights where its loader caches them, never downloads.
     """
     try:
-        from diffaug.features import inception_weights_path, require_fid_extra
+        from diffaug.fid import inception_weights_path, require_fid_extra
 
         require_fid_extra()
     except ImportError as err:

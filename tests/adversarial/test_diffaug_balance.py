@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from diffaug import balance_folder
 from diffaug.balance import BalanceInputError
 from diffaug.cli import main
-from diffaug.frechet import FeatureStatistics
+from diffaug.fid.frechet import FeatureStatistics
 from diffaug.io import (
     MANIFEST_NAME,
     SpreadsheetFormulaWarning,

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from diffaug.cli import main as diffaug_main
-from diffaug.frechet import MAX_STATISTICS_DIMS, FeatureStatistics
+from diffaug.fid.frechet import MAX_STATISTICS_DIMS, FeatureStatistics
 from diffaug.schedule import MAX_CLI_TIMESTEPS
 from PIL import Image
 
@@ -114,7 +114,7 @@ def test_planted_inception_pickle_with_another_hash_never_runs(fid_home, tmp_pat
     only, it is refused, file named, exit 1."""
     marker = tmp_path / "code-ran"
     plant_checkpoint(fid_home, marker)
-    from diffaug.inception_weights import InceptionWeightsError, load_inception_state_dict
+    from diffaug.fid.inception import InceptionWeightsError, load_inception_state_dict
 
     assert_one_line_error(fid_cli(tmp_path, "--engine", engine), RUNTIME_ERROR,
                           str(fid_home), "other than tensors")
@@ -128,11 +128,11 @@ def test_planted_inception_pickle_with_matching_hash_never_runs(fid_home, tmp_pa
                                                                 monkeypatch) -> None:
     """Attack: the same pickle when its hash prefix matches the name (32 bits can be forced):
     torch.load(weights_only=True) refuses it, and the message does not advise weights_only=False."""
-    from diffaug import inception_weights
+    from diffaug.fid import inception
 
     marker = tmp_path / "code-ran"
     digest = plant_checkpoint(fid_home, marker)
-    monkeypatch.setattr(inception_weights, "FID_WEIGHTS_SHA256_PREFIX", digest[:8])
+    monkeypatch.setattr(inception, "FID_WEIGHTS_SHA256_PREFIX", digest[:8])
     line = assert_one_line_error(fid_cli(tmp_path, "--engine", "torch"), RUNTIME_ERROR,
                                  str(fid_home), "other than tensors")
     assert "weights_only" not in line

@@ -1,4 +1,4 @@
-"""FID numerics (`diffaug.frechet`) and the FID pipeline on .npz statistics (`diffaug.fid`),
+"""FID numerics (`diffaug.fid.frechet`) and the FID pipeline on .npz statistics (`diffaug.fid`),
 without the Inception network (KID: test_kid.py).
 
 Kinds: reference implementation (`scipy.linalg.sqrtm`, pytorch-fid's
@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from diffaug.cli import main
 from diffaug.fid import FID_DIMS, compute_fid, save_fid_stats
-from diffaug.frechet import (
+from diffaug.fid.frechet import (
     FeatureStatistics,
     frechet_distance,
     frechet_distance_between,

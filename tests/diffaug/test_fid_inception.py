@@ -1,4 +1,4 @@
-"""FID/KID through pytorch-fid's InceptionV3 (`diffaug.features`, `diffaug fid`).
+"""FID/KID through pytorch-fid's InceptionV3 (`diffaug.fid.features`, `diffaug fid`).
 
 No real weights: a session fixture writes a randomly initialised FID Inception state dict into a
 temporary $TORCH_HOME, where pytorch-fid's own loader finds it; tests that use it accept its own
@@ -28,27 +28,28 @@ pf_inception = pytest.importorskip("pytorch_fid.inception")
 fid_score = pytest.importorskip("pytorch_fid.fid_score")
 
 from click.testing import CliRunner  # noqa: E402
-from diffaug import balance_folder, inception_onnx, inception_weights  # noqa: E402
-from diffaug import features as features_module  # noqa: E402
+from diffaug import balance_folder  # noqa: E402
 from diffaug.cli import main  # noqa: E402
-from diffaug.features import (  # noqa: E402
-    FidExtraMissingError,
-    InceptionFeatures,
-    InceptionWeightsError,
-    choose_engine,
-    list_images,
-    load_inception_input,
-    resolve_device,
+from diffaug.fid import (  # noqa: E402
+    FewImagesWarning,
+    compute_fid,
+    fid_of_balanced_classes,
+    images,
+    inception,
+    onnx_engine,
 )
-from diffaug.fid import FewImagesWarning, compute_fid, fid_of_balanced_classes  # noqa: E402
-from diffaug.frechet import FeatureStatistics  # noqa: E402
+from diffaug.fid.features import InceptionFeatures  # noqa: E402
+from diffaug.fid.frechet import FeatureStatistics  # noqa: E402
+from diffaug.fid.images import list_images, load_inception_input  # noqa: E402
+from diffaug.fid.inception import InceptionWeightsError  # noqa: E402
+from diffaug.fid.runtime import FidExtraMissingError, choose_engine, resolve_device  # noqa: E402
 from diffaug.io import MANIFEST_NAME, read_manifest  # noqa: E402
 from diffaug.modes import SIXTEEN_BIT_MODES  # noqa: E402
 from PIL import Image  # noqa: E402
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 DIMS = 64  # first max-pool block: three convolutions, fast on a CPU
-PYTORCH_FID_RTOL = 1e-3  # the issue's agreement target with `python -m pytorch_fid`
+PYTORCH_FID_RTOL = 1e-3  # the agreement required with `python -m pytorch_fid`
 FEATURE_RTOL = 1e-4  # float32 convolutions in another memory layout / batch composition
 SAME_FEATURES_RTOL = 1e-6  # one feature set, two exact trace formulas
 
@@ -75,8 +76,8 @@ def random_weights_home(tmp_path_factory) -> Path:
 def accept_weights(home: Path, monkeypatch) -> None:
     """Let diffaug's hash check accept the random weights under `home` as the real ones."""
     digest = hashlib.sha256((home / "hub" / "checkpoints" / WEIGHTS_NAME).read_bytes())
-    prefix_length = len(inception_weights.FID_WEIGHTS_SHA256_PREFIX)
-    monkeypatch.setattr(inception_weights, "FID_WEIGHTS_SHA256_PREFIX",
+    prefix_length = len(inception.FID_WEIGHTS_SHA256_PREFIX)
+    monkeypatch.setattr(inception, "FID_WEIGHTS_SHA256_PREFIX",
                         digest.hexdigest()[:prefix_length])
 
 
@@ -192,7 +193,7 @@ def test_every_sixteen_bit_mode_is_scaled_by_its_full_range(tmp_path, monkeypatc
     dtype = np.asarray(Image.new(mode, (1, 1))).dtype
     image = Image.frombytes(mode, (11, 9), (levels * 257).astype(dtype).tobytes())
     eight = load_inception_input(tmp_path / "eight.png")
-    monkeypatch.setattr("diffaug.features.read_image", lambda path: image)
+    monkeypatch.setattr("diffaug.fid.images.read_image", lambda path: image)
     torch.testing.assert_close(load_inception_input(tmp_path / "deep.png"), eight, rtol=0, atol=0)
 
 
@@ -233,7 +234,7 @@ def refuse_network(**options) -> None:
 def test_too_few_images_fail_before_the_network(tmp_path, monkeypatch, which) -> None:
     """CLI, mocked heavy model: a folder of one image is one line (exit 2) naming the folder,
     found while counting the inputs, before the Inception network is built."""
-    monkeypatch.setattr("diffaug.features.InceptionFeatures", refuse_network)
+    monkeypatch.setattr("diffaug.fid.score.InceptionFeatures", refuse_network)
     write_images(tmp_path / "one", 1)
     write_images(tmp_path / "many", 4)
     folders = {"real": ["one", "many"], "other": ["many", "one"], "save-stats": ["one", "s.npz"]}
@@ -345,7 +346,7 @@ class PixelFeatures:
 def test_cli_balance_reports_fid(class_folders, tmp_path, monkeypatch) -> None:
     """CLI, mocked heavy model: `balance --fid` prints each balanced class's FID and KID,
     equal to the library's numbers for that run folder."""
-    monkeypatch.setattr("diffaug.features.InceptionFeatures", PixelFeatures)
+    monkeypatch.setattr("diffaug.fid.score.InceptionFeatures", PixelFeatures)
     out = tmp_path / "out"
     result = CliRunner().invoke(
         main, ["balance", str(class_folders({"normal": 6, "stenosis": 3})), str(out),
@@ -360,11 +361,11 @@ def test_cli_balance_reports_fid(class_folders, tmp_path, monkeypatch) -> None:
 
 def test_written_out_constants_are_pytorch_fids() -> None:
     """Reference: the constants copied so the onnxruntime engine need not import pytorch-fid."""
-    assert features_module.FID_WEIGHTS_URL == pf_inception.FID_WEIGHTS_URL
-    name = features_module.FID_WEIGHTS_URL.rsplit("/", 1)[1]
-    assert torch.hub.HASH_REGEX.search(name).group(1) == features_module.FID_WEIGHTS_SHA256_PREFIX
-    assert features_module.BLOCK_INDEX_BY_DIM == pf_inception.InceptionV3.BLOCK_INDEX_BY_DIM
-    assert features_module.IMAGE_EXTENSIONS == fid_score.IMAGE_EXTENSIONS
+    assert inception.FID_WEIGHTS_URL == pf_inception.FID_WEIGHTS_URL
+    name = inception.FID_WEIGHTS_URL.rsplit("/", 1)[1]
+    assert torch.hub.HASH_REGEX.search(name).group(1) == inception.FID_WEIGHTS_SHA256_PREFIX
+    assert inception.BLOCK_INDEX_BY_DIM == pf_inception.InceptionV3.BLOCK_INDEX_BY_DIM
+    assert images.PYTORCH_FID_IMAGE_EXTENSIONS == fid_score.IMAGE_EXTENSIONS
 
 
 @pytest.mark.parametrize("dims", [DIMS, 2048])
@@ -393,16 +394,16 @@ def test_onnx_export_is_cached_and_redone_for_other_weights(random_weights_home,
     monkeypatch.setenv("DIFFAUG_CACHE", str(tmp_path / "cache"))
     weights = home / "hub" / "checkpoints" / WEIGHTS_NAME
     exports = []
-    real_export = inception_onnx.export_inception
+    real_export = onnx_engine.export_inception
 
     def counting_export(*args):
         exports.append(args)
         return real_export(*args)
 
-    monkeypatch.setattr(inception_onnx, "export_inception", counting_export)
+    monkeypatch.setattr(onnx_engine, "export_inception", counting_export)
     files = list_images(two_folders[0])[:3]
     first = InceptionFeatures(dims=DIMS, device="cpu", engine="onnxruntime")(files)
-    cached = inception_onnx.cached_model_path(weights, DIMS)
+    cached = onnx_engine.cached_model_path(weights, DIMS)
     assert cached.is_file() and cached.parent == tmp_path / "cache" and len(exports) == 1
     np.testing.assert_array_equal(
         InceptionFeatures(dims=DIMS, device="cpu", engine="onnxruntime")(files), first)

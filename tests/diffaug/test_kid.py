@@ -1,4 +1,4 @@
-"""KID (`diffaug.kid`): the unbiased polynomial-kernel MMD² and its subset average.
+"""KID (`diffaug.fid.kid`): the unbiased polynomial-kernel MMD² and its subset average.
 
 Kinds: reference implementation (a direct O(n²) MMD² double sum), analytic oracles (the
 unbiased MMD² has mean zero when both sets come from one distribution; averaged over random
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from diffaug.kid import (
+from diffaug.fid.kid import (
     KID_SUBSETS,
     kernel_inception_distance,
     kid_subset_size,

@@ -1,13 +1,19 @@
 """diffaug: forward-diffusion oversampling of minority image classes (paper section 2.2).
 
-FID/KID (`compute_fid`) need the `fid` extra only when they run: importing diffaug never
-imports torch.
+The modules at this level are the augmentation; `diffaug.fid` measures its images (FID/KID,
+the `fid` extra), whose main names are re-exported here. They need the extra only when they
+run: importing diffaug never imports torch.
 """
 
 from diffaug.augment import DiffusionAugmentor, plan_synthesis
 from diffaug.balance import BalanceReport, balance_folder
-from diffaug.fid import FidReport, compute_fid, fid_of_balanced_classes, save_fid_stats
-from diffaug.kid import KernelDistance
+from diffaug.fid import (
+    FidReport,
+    KernelDistance,
+    compute_fid,
+    fid_of_balanced_classes,
+    save_fid_stats,
+)
 from diffaug.schedule import NoiseSchedule, forward_diffuse
 
 __all__ = ["BalanceReport", "DiffusionAugmentor", "FidReport", "KernelDistance", "NoiseSchedule",

@@ -18,13 +18,17 @@ import click
 
 from diffaug.augment import as_ratio
 from diffaug.balance import BalanceReport, OutputFolderBusyError, balance_folder
-from diffaug.features import (
+from diffaug.fid import (
     ENGINES,
+    FID_DIMS,
     FidExtraMissingError,
+    FidReport,
     InceptionWeightsError,
+    compute_fid,
+    fid_of_balanced_classes,
     require_fid_extra,
+    save_fid_stats,
 )
-from diffaug.fid import FID_DIMS, FidReport, compute_fid, fid_of_balanced_classes, save_fid_stats
 from diffaug.io import printable_path
 from diffaug.schedule import MAX_CLI_TIMESTEPS, NoiseSchedule
 

@@ -34,8 +34,9 @@ from PIL import Image
 
 from diffaug.modes import SIXTEEN_BIT_MODES, bit_depth
 
-#: File extensions read as images (compared case-insensitively).
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+#: File extensions `diffaug balance` reads as images (compared case-insensitively): diffaug's
+#: own table; `diffaug fid` takes pytorch-fid's (`diffaug.fid.images`).
+BALANCE_IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 MANIFEST_NAME = "diffaug-manifest.csv"
 RUN_RECORD_NAME = "diffaug-run.json"
 MANIFEST_COLUMNS = ("path", "source", "class", "split", "t", "gamma", "seed", "sha256")
@@ -81,7 +82,7 @@ class ManifestRow(NamedTuple):
 
 def has_image_extension(path: Path) -> bool:
     """Whether ``path`` names an image by its extension."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+    return path.suffix.lower() in BALANCE_IMAGE_EXTENSIONS
 
 
 def printable_path(path: str | os.PathLike) -> str:

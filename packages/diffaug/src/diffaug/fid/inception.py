@@ -1,6 +1,11 @@
-"""pytorch-fid's Inception weights: where they are cached, fetching them, loading them safely.
+"""pytorch-fid's FID Inception: the network, its block table and its weights.
 
-pytorch-fid loads its weights through torch.hub's `load_state_dict_from_url`, whose
+As pytorch-fid splits it, this module is the network (`inception.py` there) and
+`diffaug.fid.score` the metric (`fid_score.py`). `build_inception` builds pytorch-fid's own
+`InceptionV3` with its BatchNorms folded, returning pooled features of `dims` dimensions
+(`BLOCK_INDEX_BY_DIM`).
+
+Its weights: pytorch-fid loads them through torch.hub's `load_state_dict_from_url`, whose
 `torch.load(weights_only=False)` runs whatever code is pickled into a file planted under the
 weights' name in `$TORCH_HOME/hub/checkpoints` (the very place our missing-weights message sends
 users). Here the cached file is read with `torch.load(weights_only=True)`: tensors in plain
@@ -9,7 +14,8 @@ containers, nothing that can run; its SHA-256 is checked against the prefix its 
 reported as a warning (a converted copy of the same weights has one). pytorch-fid
 then builds its network from that state dict (`pytorch_fid_loads`).
 
-torch and pytorch-fid are imported inside functions only (the `fid` extra).
+torch, torchvision and pytorch-fid are imported inside functions only (the `fid` extra), so
+the constants here are available without them.
 """
 
 from __future__ import annotations
@@ -27,19 +33,29 @@ if TYPE_CHECKING:  # annotations only: torch is imported where it is used
     import torch
 
 __all__ = [
+    "BLOCK_INDEX_BY_DIM",
+    "FID_DIMS",
     "FID_WEIGHTS_SHA256_PREFIX",
     "FID_WEIGHTS_URL",
+    "INCEPTION_SIZE",
     "InceptionWeightsError",
+    "build_inception",
     "ensure_inception_weights",
+    "first_line",
     "inception_weights_path",
     "load_inception_state_dict",
     "pytorch_fid_loads",
 ]
 
-# pytorch-fid's own constant (pytorch_fid.inception), written out so that the onnxruntime
-# engine starts without importing pytorch-fid; a test checks it against pytorch-fid's.
+# pytorch-fid's own constants (pytorch_fid.inception), written out so that the onnxruntime
+# engine starts without importing pytorch-fid, whose import pulls in torchvision (about a
+# second); a test checks them against pytorch-fid's.
+BLOCK_INDEX_BY_DIM = {64: 0, 192: 1, 768: 2, 2048: 3}
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                    "pt_inception-2015-12-05-6726825d.pth")
+#: The feature sizes pytorch-fid offers (its --dims choices).
+FID_DIMS = tuple(BLOCK_INDEX_BY_DIM)
+INCEPTION_SIZE = 299  # side of the network's input images, in pixels
 # The start of the weights file's SHA-256, carried by its name (torch.hub's HASH_REGEX).
 FID_WEIGHTS_SHA256_PREFIX = "6726825d"
 HASH_CHUNK = 1 << 20  # bytes read at a time while hashing a weights file
@@ -47,6 +63,50 @@ HASH_CHUNK = 1 << 20  # bytes read at a time while hashing a weights file
 
 class InceptionWeightsError(RuntimeError):
     """pytorch-fid's Inception weights are neither cached nor downloadable, or do not load."""
+
+
+def build_inception(weights: Path, dims: int) -> torch.nn.Module:
+    """pytorch-fid's `InceptionV3` for `dims` (weights from `load_inception_state_dict`,
+    BatchNorms folded, eval mode) returning pooled features (n, dims): blocks below pool3 are
+    feature maps, which pytorch-fid averages spatially.
+
+    Raises:
+        InceptionWeightsError: the weights file is not pytorch-fid's or does not fit the network.
+    """
+    import torch
+    from pytorch_fid.inception import InceptionV3
+
+    state = load_inception_state_dict(weights)
+    try:
+        with pytorch_fid_loads(state):
+            network = InceptionV3([BLOCK_INDEX_BY_DIM[dims]], resize_input=False)
+    except RuntimeError as err:  # load_state_dict: missing, unexpected or misshapen tensors
+        raise not_the_weights(weights, first_line(err)) from err
+    _fold_batch_norms(network.eval())
+
+    class PooledInception(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inception = network
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            block = self.inception(images)[0]
+            return torch.nn.functional.adaptive_avg_pool2d(block, output_size=(1, 1)).flatten(1)
+
+    return PooledInception().eval()
+
+
+def _fold_batch_norms(network: torch.nn.Module) -> None:
+    """Fold every eval-mode BatchNorm into the convolution before it (torch's own
+    `fuse_conv_bn_eval`): the same affine map, one pass over the activations less."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    from torchvision.models.inception import BasicConv2d
+
+    for block in network.modules():
+        if isinstance(block, BasicConv2d):
+            block.conv = fuse_conv_bn_eval(block.conv, block.bn)
+            block.bn = torch.nn.Identity()
 
 
 def inception_weights_path() -> Path:

@@ -1,8 +1,9 @@
-"""Fréchet and kernel Inception distances between image sets (the `fid` extra).
+"""Fréchet and kernel Inception distances between image sets: the metric (pytorch-fid's
+`fid_score.py`).
 
 The pipeline behind `diffaug fid` and `balance --fid`: image folders, lists or pytorch-fid
-.npz statistics -> Inception features (`diffaug.features`, one network pass for every set) ->
-statistics and FID (`diffaug.frechet`) and, from the features, KID (`diffaug.kid`).
+.npz statistics -> Inception features (`diffaug.fid.features`, one network pass for every set)
+-> statistics and FID (`diffaug.fid.frechet`) and, from the features, KID (`diffaug.fid.kid`).
 
 Nothing here imports torch: statistics files and the distances work without the extra.
 """
@@ -18,13 +19,15 @@ from typing import Union
 
 import numpy as np
 
-from diffaug.features import BLOCK_INDEX_BY_DIM
-from diffaug.frechet import FeatureStatistics, frechet_distance_between, npz_path
+from diffaug.fid.features import InceptionFeatures
+from diffaug.fid.frechet import FeatureStatistics, frechet_distance_between, npz_path
+from diffaug.fid.images import list_images
+from diffaug.fid.inception import FID_DIMS
+from diffaug.fid.kid import KernelDistance, kernel_inception_distance
+from diffaug.fid.runtime import require_fid_extra
 from diffaug.io import MANIFEST_NAME, read_manifest
-from diffaug.kid import KernelDistance, kernel_inception_distance
 
 __all__ = [
-    "FID_DIMS",
     "FewImagesWarning",
     "FidReport",
     "compute_fid",
@@ -32,9 +35,6 @@ __all__ = [
     "save_fid_stats",
 ]
 
-# The feature sizes pytorch-fid offers (diffaug.features holds its block table, written out so
-# that nothing here imports torch; a test checks it against pytorch-fid's).
-FID_DIMS = tuple(BLOCK_INDEX_BY_DIM)
 MIN_IMAGES = 2  # a covariance needs two feature vectors
 
 ImageSource = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]  # noqa: UP007
@@ -72,8 +72,8 @@ def compute_fid(
     """FID (and KID) between two image folders, image lists or pytorch-fid .npz statistics.
 
     Same features, scaling and statistics as `python -m pytorch_fid REAL OTHER`, plus mixed
-    sizes and 16-bit images (see `diffaug.features`). Both inputs are checked (at least 2
-    images each) before the network is built. KID is `diffaug.kid.kernel_inception_distance`.
+    sizes and 16-bit images (see `diffaug.fid.images`). Both inputs are checked (at least 2
+    images each) before the network is built. KID is `diffaug.fid.kid.kernel_inception_distance`.
     `progress(done_increment, total)` is called with 0 once the number of images is known,
     then after every batch.
     """
@@ -121,8 +121,6 @@ def fid_of_balanced_classes(
     """FID/KID of each class that `balance_folder` gave synthetic images: its original files
     (beside the synthetic ones, not in the manifest) vs its synthetic files, in the same split.
     Keyed "split/class", or "class" for class-folder layouts."""
-    from diffaug.features import list_images, require_fid_extra
-
     require_fid_extra()
     run_dir = Path(run_dir)
     try:
@@ -178,8 +176,6 @@ def _features_per_set(
     image_sets: list[tuple[str, list[Path]]], progress: Progress | None, feature_options: dict
 ) -> list[np.ndarray]:
     """Inception features of each set, from one pass over all images (fuller batches)."""
-    from diffaug.features import InceptionFeatures
-
     extractor = InceptionFeatures(**feature_options)
     for label, files in image_sets:
         _warn_if_singular(len(files), extractor.dims, label)
@@ -210,8 +206,6 @@ def _resolve(source: ImageSource, label: str, *, recursive: bool) -> Path | list
         if not Path(source).is_file():
             raise ValueError(f"{source}: no such statistics file")
         return Path(source)
-    from diffaug.features import list_images, require_fid_extra
-
     require_fid_extra()
     if isinstance(source, (str, os.PathLike)):
         files = list_images(source, recursive=recursive)

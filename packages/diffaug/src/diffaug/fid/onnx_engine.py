@@ -5,7 +5,7 @@ torchvision and pytorch-fid. ONNX Runtime runs the same convolutions faster (156
 299 px on 2 cores: 5.5 s against 7.8 s for oneDNN through torch), and once the network is
 cached as ONNX it is built without importing either package.
 
-The export (`torch.onnx.export`, the dynamo exporter) of `diffaug.features.build_inception`
+The export (`torch.onnx.export`, the dynamo exporter) of `diffaug.fid.inception.build_inception`
 is cached in diffaug's own cache folder (`cache_folder`), not in ``$TORCH_HOME``, which may be
 a shared read-only copy of the weights. It records the weights file it came from (name, size
 and modification time); a cache that does not match the weights, or does not load, is
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
+from diffaug.fid.inception import INCEPTION_SIZE, build_inception
 from diffaug.io import atomic_write_bytes
 
 if TYPE_CHECKING:  # annotations only: torch and onnxruntime are imported where they are used
@@ -51,11 +52,9 @@ def cached_model_path(weights: Path, dims: int) -> Path:
 
 
 def export_inception(weights: Path, dims: int) -> bytes:
-    """The serialised ONNX model of `diffaug.features.build_inception(weights, dims)`, batch
+    """The serialised ONNX model of `build_inception(weights, dims)`, batch
     size dynamic, tagged with `weights`' name, size and modification time."""
     import torch
-
-    from diffaug.features import INCEPTION_SIZE, build_inception
 
     network = build_inception(weights, dims)
     example = torch.zeros(2, 3, INCEPTION_SIZE, INCEPTION_SIZE)

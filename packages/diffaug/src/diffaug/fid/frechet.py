@@ -1,7 +1,7 @@
 """Gaussian statistics of Inception features and their Fréchet distance (FID's numerics).
 
 FID is pytorch-fid's number, d² = ||mu1 - mu2||² + tr(S1 + S2 - 2 sqrt(S1 S2)) over Inception
-pool features (`diffaug.features`), computed without `scipy.linalg.sqrtm`: S1 S2 is similar to
+pool features (`diffaug.fid.features`), computed without `scipy.linalg.sqrtm`: S1 S2 is similar to
 the symmetric S1^½ S2 S1^½, so tr sqrt(S1 S2) is the sum of the square roots of that matrix's
 (real, non-negative) eigenvalues. When the sets are small it is cheaper still: with centred
 feature matrices X1, X2, the non-zero eigenvalues of S1 S2 are the squared singular values of
@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffaug.features import BLOCK_INDEX_BY_DIM
-from diffaug.inception_weights import first_line
+from diffaug.fid.inception import BLOCK_INDEX_BY_DIM, first_line
 from diffaug.io import atomic_write
 
 __all__ = [
