@@ -1,4 +1,5 @@
-"""tools/medmnist/medmnist_to_folder.py on small fake MedMNIST files built here (never the real data)."""
+"""tools/medmnist/medmnist_to_folder.py on small fake MedMNIST files built here (never the real
+data)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""tools/medmnist/run_medmnist.py without training: the baseline lookup, the results table and goal read
-from a results.csv in qclassify's format, the command lines, and the CLI with the three
-subprocesses mocked (the converter runs for real on a tiny fake file built here)."""
+"""tools/medmnist/run_medmnist.py without training: the baseline lookup, the results table and
+goal read from a results.csv in qclassify's format, the command lines, and the CLI with the
+three subprocesses mocked (the converter runs for real on a tiny fake file built here)."""
 
 from __future__ import annotations
 

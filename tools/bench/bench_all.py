@@ -120,22 +120,27 @@ def recorded_settings(env: dict[str, str]) -> list[str]:
             for key in RECORDED_ENV if key in env]
 
 
+def _quick(quick: bool) -> list[str]:
+    return ["--quick"] if quick else []
+
+
 def shown_command(bench: Benchmark, quick: bool, env: dict[str, str]) -> str:
     """The script's command as typed from the repository root, with the recorded settings."""
     return shlex.join([*recorded_settings(env), "python", shown_path(bench.script, ROOT),
-                       *(["--quick"] if quick else [])])
+                       *_quick(quick)])
 
 
-def run_bench(bench: Benchmark, quick: bool, scratch: Path, echo: Callable[[str], None]) -> Outcome:
-    """Run one script, streaming its output through `echo`; read back its JSON."""
+def run_bench(bench: Benchmark, quick: bool, scratch: Path,
+              echo: Callable[[str], None]) -> Outcome:
+    """Run one script from ROOT, streaming its output through `echo`; read back its JSON."""
     json_path = scratch / f"{bench.script.stem}.json"
     env = script_environment(bench, dict(os.environ))
     command = shown_command(bench, quick, env)
     echo(f"$ {command}")
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, str(bench.script), *(["--quick"] if quick else []),
-                                *bench.result_args(json_path)], env=env, cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    argv = [sys.executable, str(bench.script), *_quick(quick), *bench.result_args(json_path)]
+    process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in process.stdout:
         echo(line.rstrip("\n"))

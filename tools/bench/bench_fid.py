@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_report import Benchmark, Goal, markdown_table
+from bench_report import Benchmark, Goal, markdown_table, shown_path
 from PIL import Image
 
 WEIGHTS = Path("hub") / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
@@ -106,7 +106,7 @@ def main() -> None:
         env = {**os.environ, "DIFFAUG_CACHE": str(Path(temporary) / "diffaug-cache")}
         counts = [sum(1 for p in Path(f).iterdir() if p.is_file()) for f in (real, other)]
         print(f"{real} ({counts[0]} files) vs {other} ({counts[1]} files), dims {dims}, "
-              f"device {args.device}, TORCH_HOME={torch_home}, "
+              f"device {args.device}, TORCH_HOME={shown_path(torch_home)}, "
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
         results = {name: run_timed(command, env) for name, command in tools.items()}
     for name, (seconds, fid) in results.items():
