@@ -83,25 +83,25 @@ def package(session: nox.Session) -> None:
 @nox.session
 def demo(session: nox.Session) -> None:
     """The whole pipeline on generated data, no download: `nox -s demo -- [OUT] [options]`
-    (see tools/run_demo.py; under 15 minutes on 2 CPU cores, on the GPU when there is one)."""
+    (see tools/demo/run_demo.py; under 15 minutes on 2 CPU cores, on the GPU when there is one)."""
     install_everything(session)
-    session.run("python", "tools/run_demo.py", *session.posargs)
+    session.run("python", "tools/demo/run_demo.py", *session.posargs)
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """Every benchmark, one report: `nox -s bench -- [--quick] [--out PATH] [--only NAME]`
-    (see tools/bench_all.py). The FID parts need TORCH_HOME holding the FID weights."""
+    (see tools/bench/bench_all.py). The FID parts need TORCH_HOME holding the FID weights."""
     install_everything(session)
-    session.run("python", "tools/bench_all.py", *session.posargs)
+    session.run("python", "tools/bench/bench_all.py", *session.posargs)
 
 
 @nox.session
 def medmnist(session: nox.Session) -> None:
     """A MedMNIST subset end to end: `nox -s medmnist -- PATH.npz [options]`
-    (see tools/run_medmnist.py)."""
+    (see tools/medmnist/run_medmnist.py)."""
     if not session.posargs:
         session.error("pass the MedMNIST file: nox -s medmnist -- PATH.npz [run_medmnist.py "
                       "options]")
     install_everything(session)
-    session.run("python", "tools/run_medmnist.py", *session.posargs)
+    session.run("python", "tools/medmnist/run_medmnist.py", *session.posargs)

@@ -1,4 +1,4 @@
-"""tools/make_demo_data.py: layout, byte reproducibility, ground truth, CLI errors.
+"""tools/demo/make_demo_data.py: layout, byte reproducibility, ground truth, CLI errors.
 
 Tiny images (48 px) and a dozen files keep the file to a few seconds.
 """
@@ -9,7 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
-import make_demo_data as demo  # tools/ is on pytest's pythonpath (root pyproject.toml)
+import make_demo_data as demo  # tools/demo/ is on pytest's pythonpath (root pyproject.toml)
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -156,7 +156,7 @@ def test_cli_has_help():
 
 
 def test_learnability_check_runs_on_tiny_data(tmp_path):
-    """Smoke test of tools/check_demo_learnability.py's quick mode (1 epoch, 32 px): it
+    """Smoke test of tools/demo/check_demo_learnability.py's quick mode (1 epoch, 32 px): it
     trains, keeps one history row per epoch and scores val and test AUC in [0, 1]."""
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")

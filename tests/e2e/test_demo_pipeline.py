@@ -1,4 +1,4 @@
-"""tools/run_demo.py: the README's demo pipeline, end to end at a tiny size.
+"""tools/demo/run_demo.py: the README's demo pipeline, end to end at a tiny size.
 
 The script runs once per module (48 px images, 32 px training, one epoch, four runs, a few
 dozen images) through the real ``diffaug`` and ``qclassify`` command lines; the tests then
@@ -23,7 +23,7 @@ from click.testing import CliRunner
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
+TOOLS = Path(__file__).resolve().parents[2] / "tools" / "demo"
 SIZE, IMAGE_SIZE, EPOCHS = 48, 32, 1
 COUNTS = {"train": (12, 5), "val": (4, 2), "test": (4, 4)}
 MODELS = ("qmobilenet", "mobilenet_v2")  # every default run of each: both data settings
@@ -38,7 +38,8 @@ ARGS = ["--size", str(SIZE), "--image-size", str(IMAGE_SIZE), "--epochs", str(EP
 
 
 
-import run_demo  # noqa: E402  (tools/ is on pytest's pythonpath)
+import pipeline  # noqa: E402  (tools/ and tools/demo/ are on pytest's pythonpath)
+import run_demo  # noqa: E402
 
 
 def _run_script(cwd: Path, torch_home: Path) -> subprocess.CompletedProcess:
@@ -134,7 +135,7 @@ def test_rerun_skips_the_generator(demo, monkeypatch):
     cwd, torch_home, _ = demo
     ran = []
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
-    monkeypatch.setattr(run_demo.subprocess, "run",
+    monkeypatch.setattr(pipeline.subprocess, "run",
                         lambda argv, check: ran.append(argv) or subprocess.CompletedProcess(argv, 0))
     options = run_demo.DemoOptions(out=cwd / "demo", size=SIZE, counts=COUNTS)
     seconds = run_demo.run_demo(options)

@@ -1,11 +1,12 @@
-"""tools/medmnist_to_folder.py on small fake MedMNIST files built here (never the real data)."""
+"""tools/medmnist/medmnist_to_folder.py on small fake MedMNIST files built here (never the real
+data)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import medmnist_to_folder as tool  # tools/ is on pytest's pythonpath (root pyproject.toml)
+import medmnist_to_folder as tool  # tools/medmnist/ is on pytest's pythonpath (pyproject.toml)
 import numpy as np
 import pytest
 from click.testing import CliRunner

@@ -1,6 +1,6 @@
-"""tools/run_medmnist.py without training: the baseline lookup, the results table and goal read
-from a results.csv in qclassify's format, the command lines, and the CLI with the three
-subprocesses mocked (the converter runs for real on a tiny fake file built here)."""
+"""tools/medmnist/run_medmnist.py without training: the baseline lookup, the results table and
+goal read from a results.csv in qclassify's format, the command lines, and the CLI with the
+three subprocesses mocked (the converter runs for real on a tiny fake file built here)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
+TOOLS = Path(__file__).resolve().parents[2] / "tools" / "medmnist"
 
 
 
 
-import medmnist_to_folder as converter  # noqa: E402  (tools/ is on pytest's pythonpath)
+import medmnist_to_folder as converter  # noqa: E402  (tools/medmnist/ is on pytest's pythonpath)
+import pipeline  # noqa: E402  (tools/: the runner that starts the steps)
 import run_medmnist as tool  # noqa: E402
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
@@ -158,7 +159,7 @@ def test_cli_runs_the_three_steps_and_writes_the_results_file(tmp_path, monkeypa
                 {"positive_class": "malignant", "n_test": 4}))
         return type("Finished", (), {"returncode": 0})()
 
-    monkeypatch.setattr(tool.subprocess, "run", fake_run)
+    monkeypatch.setattr(pipeline.subprocess, "run", fake_run)
     arguments = [str(npz), "--out", str(out), "--epochs", "1", "--image-size", "32",
                  "--models", "qmobilenet@balanced", "--patience", "2", "--quiet"]
     result = CliRunner().invoke(tool.main, arguments, catch_exceptions=False)
@@ -190,7 +191,7 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch):
     assert occupied.exit_code == 1
     assert occupied.output.count("\n") == 1 and occupied.output.startswith("Error:")
 
-    monkeypatch.setattr(tool.subprocess, "run",
+    monkeypatch.setattr(pipeline.subprocess, "run",
                         lambda command, check: type("Finished", (), {"returncode": 3})())
     failed = CliRunner().invoke(tool.main, [str(npz), "--out", str(tmp_path / "fresh")])
     assert failed.exit_code == 1 and "exit status 3" in failed.output

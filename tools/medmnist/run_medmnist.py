@@ -1,13 +1,13 @@
 """The paper's experiment on a MedMNIST subset, next to MedMNIST v2's published baselines.
 
-    python tools/run_medmnist.py PATH.npz [--out medmnist-out] [--image-size 64 --epochs 30
-        --weights none --seed 0 --ratio 0.7 --models qmobilenet,mobilenet_v2 ...]
+    python tools/medmnist/run_medmnist.py PATH.npz [--out medmnist-out] [--image-size 64
+        --epochs 30 --weights none --seed 0 --ratio 0.7 --models qmobilenet,mobilenet_v2 ...]
     nox -s medmnist -- ../shared/data/breastmnist.npz
 
-Runs, as a user would, echoing each command:
+Runs, as a user would, echoing each command (tools/pipeline.py runs the steps):
 
-1. ``python tools/medmnist_to_folder.py PATH.npz OUT/<subset>/data`` (skipped when that folder
-   already holds a conversion of the same file);
+1. ``python tools/medmnist/medmnist_to_folder.py PATH.npz OUT/<subset>/data`` (skipped when that
+   folder already holds a conversion of the same file);
 2. ``python -m diffaug balance OUT/<subset>/data OUT/<subset>/balanced --ratio 0.7 --seed 0``
    (a finished earlier run is recognised and left alone);
 3. ``python -m qclassify compare OUT/<subset>/data --augmented OUT/<subset>/balanced
@@ -22,26 +22,37 @@ subset, the goal check and the exact commands. Options this script does not know
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import shlex
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
-from diffaug.io import atomic_write_bytes
+from diffaug.io import atomic_write_bytes, sha256_file
 from medmnist_to_folder import SOURCE_FILE, subset_of
+
+# Run as `python tools/medmnist/run_medmnist.py`, Python puts only this folder on sys.path; the
+# shared pipeline runner lives one level up, in tools/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import PipelineLayout, Step, as_typed, heading, run_steps
 
 CONVERTER = Path(__file__).resolve().with_name("medmnist_to_folder.py")
 RESULTS_FILE = "medmnist-results.md"
-# Issue 7's real-data goal for the proposed run (qmobilenet on the balanced data).
+# The real-data goal for the proposed run (qmobilenet on the balanced data): AUC >= 0.90 with
+# sensitivity and specificity >= 0.75 on the official test split.
 GOAL_AUC = 0.90
 GOAL_SENSITIVITY = 0.75
 GOAL_SPECIFICITY = 0.75
 PROPOSED_ROLE = "proposed"
+STEP_TITLES = {
+    "convert": "convert the MedMNIST file to split/class folders",
+    "balance": "balance the classes with diffaug (eq. 3)",
+    "compare": "train and compare the classifiers (section 3)",
+}
+STEPS = len(STEP_TITLES) + 1  # then the results file
 
 
 @dataclass(frozen=True)
@@ -97,7 +108,8 @@ def pipeline_commands(npz: Path, subset_dir: Path, settings: Settings,
                       compare_args: Sequence[str] = (), *,
                       python: str = sys.executable) -> dict[str, list[str]]:
     """The convert, balance and compare command lines, in order."""
-    data, balanced, report = (subset_dir / name for name in ("data", "balanced", "report"))
+    layout = PipelineLayout(subset_dir)
+    data, balanced, report = layout.data, layout.balanced, layout.report
     quiet = ["--quiet"] if settings.quiet else []
     models = ["--models", ",".join(settings.models)] if settings.models else []
     return {
@@ -115,12 +127,7 @@ def pipeline_commands(npz: Path, subset_dir: Path, settings: Settings,
 def display(command: Sequence[str], python: str = sys.executable) -> str:
     """A command as a user types it: 'python' for the interpreter, the converter by its
     path relative to the current folder when it lies below it."""
-    shown = ["python" if part == python else part for part in command]
-    try:
-        converter = str(CONVERTER.relative_to(Path.cwd()))
-    except ValueError:
-        converter = str(CONVERTER)
-    return shlex.join(converter if part == str(CONVERTER) else part for part in shown)
+    return shlex.join(as_typed(command, python=python))
 
 
 def read_results(results_csv: Path) -> list[dict[str, str | float | None]]:
@@ -140,8 +147,8 @@ def _number_or_text(value: str) -> str | float | None:
 
 
 def proposed_goal(rows: Sequence[dict]) -> tuple[str, list[tuple[str, float | None, float]]] | None:
-    """The proposed run's label and its (metric, value, goal) triples for issue 7's goal
-    (AUC >= 0.90, sensitivity and specificity >= 0.75); None when there is no proposed run."""
+    """The proposed run's label and its (metric, value, goal) triples for the real-data
+    goal (AUC >= 0.90, sensitivity and specificity >= 0.75); None when there is no proposed run."""
     proposed = next((row for row in rows if row.get("role") == PROPOSED_ROLE), None)
     if proposed is None:
         return None
@@ -156,7 +163,7 @@ def goal_met(checks: Sequence[tuple[str, float | None, float]]) -> bool:
 
 
 def goal_check(rows: Sequence[dict]) -> str:
-    """One line: PASS or MISS of the proposed run against issue 7's goal, with its values."""
+    """One line: PASS or MISS of the proposed run against the real-data goal, with its values."""
     found = proposed_goal(rows)
     if found is None:
         return (f"Goal (AUC ≥ {GOAL_AUC:.2f}, sensitivity and specificity ≥ "
@@ -240,34 +247,23 @@ def results_markdown(rows: Sequence[dict], *, npz: Path, subset: str | None,
     return "\n".join(lines)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def conversion_reuse_note(npz: Path, data: Path) -> str | None:
+    """Why the conversion step can be skipped (`data` holds a finished conversion of `npz`),
+    or None when `data` does not exist yet.
 
-
-def _already_converted(npz: Path, data: Path) -> bool:
-    """Whether `data` holds a finished conversion of `npz`; raises if it holds something else."""
+    Raises:
+        ValueError: `data` holds something else.
+    """
     if not data.exists():
-        return False
+        return None
     try:
         source = json.loads((data / SOURCE_FILE).read_text())
     except (OSError, ValueError):
         source = None
-    if not isinstance(source, dict) or source.get("sha256") != _sha256(npz):
-        raise click.ClickException(f"{data} holds something other than a conversion of {npz}; "
-                                   "choose another --out or remove that folder")
-    return True
-
-
-def _run(command: list[str]) -> None:
-    click.echo(f"$ {display(command)}")
-    finished = subprocess.run(command, check=False)
-    if finished.returncode != 0:
-        raise click.ClickException(f"`{display(command)}` failed with exit status "
-                                   f"{finished.returncode}; fix the cause and rerun to resume")
+    if not isinstance(source, dict) or source.get("sha256") != sha256_file(npz):
+        raise ValueError(f"{data} holds something other than a conversion of {npz}; "
+                         "choose another --out or remove that folder")
+    return f"reusing {data} (a conversion of {npz})"
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -302,21 +298,20 @@ def main(npz: Path, out: Path, ratio: str, seed: int, workers: int, image_size: 
                         epochs=epochs, weights=weights, quiet=quiet,
                         models=tuple(m.strip() for entry in models for m in entry.split(",")
                                      if m.strip()))
+    layout = PipelineLayout(subset_dir)
     commands = pipeline_commands(npz, subset_dir, settings, compare_args)
-    if _already_converted(npz, subset_dir / "data"):
-        click.echo(f"reusing {subset_dir / 'data'} (a conversion of {npz})")
-    else:
-        _run(commands["convert"])
-    _run(commands["balance"])
-    _run(commands["compare"])
-    report = subset_dir / "report"
+    skips = {"convert": lambda: conversion_reuse_note(npz, layout.data)}
+    run_steps([Step(name, STEP_TITLES[name], argv, as_typed(argv), skips.get(name))
+               for name, argv in commands.items()], total=STEPS)
+    report = layout.report
     text = results_markdown(
         read_results(report / "results.csv"), npz=npz, subset=subset,
-        source=json.loads((subset_dir / "data" / SOURCE_FILE).read_text()),
+        source=json.loads((layout.data / SOURCE_FILE).read_text()),
         compare_summary=json.loads((report / "compare.json").read_text()), settings=settings,
         commands=[display(command) for command in commands.values()],
         compare_args=compare_args)
     atomic_write_bytes(subset_dir / RESULTS_FILE, text.encode("utf-8"))
+    click.echo(heading(STEPS, STEPS, "results"))
     click.echo(text + f"\nwrote {subset_dir / RESULTS_FILE}")
 
 

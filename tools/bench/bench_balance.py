@@ -1,8 +1,8 @@
 """Throughput of ``diffaug balance`` against a plain PIL open-and-save loop over the same images.
 
-    python tools/bench_balance.py                 # 2,000 224x224 grayscale PNGs, workers 1 and 2
-    python tools/bench_balance.py --quick         # smoke run: 100 64x64 PNGs, 1 run
-    python tools/bench_balance.py --json bench-out/bench_balance.json   # also machine-readable
+    python tools/bench/bench_balance.py            # 2,000 224x224 grayscale PNGs, workers 1 and 2
+    python tools/bench/bench_balance.py --quick    # smoke run: 100 64x64 PNGs, 1 run
+    python tools/bench/bench_balance.py --json bench-out/bench_balance.json   # machine-readable
 
 The dataset is two classes, 90 % / 10 %, balanced with ratio 1, so about 0.8 N synthetic images
 are written (eq. 3: M = N_maj - N_min) besides the N copied originals. Reported rates:
@@ -11,7 +11,8 @@ are written (eq. 3: M = N_maj - N_min) besides the N copied originals. Reported 
 - balance: synthetic images/s (M / wall time of the whole call, which also checks, and copies,
   the N originals and writes the manifest) and files/s ((N + M) / wall time).
 
-Each figure is the median of ``--repeats`` runs, each into a fresh output folder.
+Each figure is the median of ``--repeats`` runs, each into a fresh output folder. Goals: at
+least 0.75x the floor's rate per worker, and near-linear scaling in workers.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ from pathlib import Path
 
 import click
 import numpy as np
+from bench_report import Benchmark, Goal, markdown_table
 from diffaug import balance_folder
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 MAJORITY_FRACTION = 0.9
 QUICK = {"n_images": 100, "size": 64, "repeats": 1}
+GOAL_PER_WORKER = 0.75  # diffaug balance rate per worker / PIL open-and-save rate
+GOAL_SCALING_EFFICIENCY = 0.8  # "near-linear": rate(w) / rate(1) >= 0.8 w (our reading)
 
 
 def make_dataset(root: Path, n: int, size: int, seed: int = 0) -> dict[str, int]:
@@ -114,6 +118,54 @@ def main(n_images: int, size: int, worker_counts: tuple[int, ...], repeats: int,
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def render(result: dict) -> str:
+    """The report section: the floor, then one row per worker count."""
+    floor = result["floor"]["images_per_second"]
+    rows = [("PIL open + save loop (floor)", f"{result['floor']['seconds']:.2f}",
+             f"{floor:.1f}", "", "1.00", "")]
+    for run in result["balance"]:
+        rate = run["synthetic_per_second"]
+        rows.append((f"diffaug balance --workers {run['workers']}", f"{run['seconds']:.2f}",
+                     f"{rate:.1f}", f"{run['files_per_second']:.1f}", f"{rate / floor:.2f}",
+                     f"{rate / run['workers'] / floor:.2f}"))
+    counts = ", ".join(f"{name} {n}" for name, n in result["counts"].items())
+    return (f"{result['n_images']} grayscale {result['size']}×{result['size']} PNGs ({counts}), "
+            f"balanced with ratio 1; median of {result['repeats']} run(s). images/s counts "
+            "synthetic images over the whole call (which also copies the originals); files/s "
+            "counts synthetic + copied.\n\n"
+            + markdown_table(("Method", "Seconds", "images/s", "files/s", "× floor",
+                              "× floor per worker"), rows))
+
+
+def goals(result: dict) -> list[Goal]:
+    """The per-worker rate of every worker count, and the scaling from one worker."""
+    floor = result["floor"]["images_per_second"]
+    runs = {run["workers"]: run["synthetic_per_second"] for run in result["balance"]}
+    checked = [Goal(f"diffaug balance, {workers} worker(s)",
+                    f"≥ {GOAL_PER_WORKER:.2f}× the PIL floor per worker",
+                    f"{rate / workers / floor:.2f}× ({rate:.1f} vs {floor:.1f} images/s)",
+                    rate / workers / floor >= GOAL_PER_WORKER)
+               for workers, rate in sorted(runs.items())]
+    if 1 in runs:
+        for workers, rate in sorted(runs.items()):
+            if workers > 1:
+                speedup = rate / runs[1]
+                checked.append(Goal(
+                    f"diffaug balance scaling, 1 → {workers} workers",
+                    f"near-linear: ≥ {GOAL_SCALING_EFFICIENCY * workers:.1f}× "
+                    f"({GOAL_SCALING_EFFICIENCY:.0%} efficiency)",
+                    f"{speedup:.2f}× ({os.cpu_count()} CPUs)",
+                    speedup >= GOAL_SCALING_EFFICIENCY * workers))
+    return checked
+
+
+BENCHMARK = Benchmark(
+    script=Path(__file__).resolve(),
+    title="diffaug balance throughput vs the PIL open-and-save floor",
+    goal=f"≥ {GOAL_PER_WORKER:.2f}× the PIL floor per worker, near-linear in workers",
+    render=render, goals=goals)
 
 
 if __name__ == "__main__":

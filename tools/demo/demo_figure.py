@@ -1,9 +1,9 @@
 """The README figure: demo images with their lesions marked, beside the demo's ROC comparison.
 
-    python tools/demo_figure.py [DEMO=demo-out] [FIGURE=docs/demo.png] [--per-class 4]
+    python tools/demo/demo_figure.py [DEMO=demo-out] [FIGURE=docs/demo.png] [--per-class 4]
 
-DEMO is the output folder of ``tools/run_demo.py``. The left panel shows the first test images
-of each class from ``DEMO/data`` (normal on top, stenosis below), each lesion circled where
+DEMO is the output folder of ``tools/demo/run_demo.py``. The left panel shows the first test
+images of each class from ``DEMO/data`` (normal on top, stenosis below), each lesion circled where
 ``demo-data.json`` (the generator's ground truth) puts it, with its depth (the fraction of the
 vessel radius removed). The right panel is ``DEMO/report/roc_curves.png`` from
 ``qclassify compare`` when the report exists; without it the figure is the montage alone.
@@ -54,7 +54,7 @@ def draw_demo_figure(demo_dir: Path, figure_path: Path, *, per_class: int = 4) -
     try:
         record = json.loads((data_dir / DATA_RECORD).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"{data_dir / DATA_RECORD}: not found; run tools/run_demo.py "
+        raise ValueError(f"{data_dir / DATA_RECORD}: not found; run tools/demo/run_demo.py "
                          f"{demo_dir} first") from None
     entries = montage_entries(record, per_class)
     size = record["options"]["size"]
@@ -109,7 +109,7 @@ def _draw_tile(axis, path: Path, entry: dict, size: int) -> None:
 @click.option("--per-class", type=click.IntRange(min=1), default=4, show_default=True,
               help="Test images shown per class.")
 def main(demo: Path, figure: Path, per_class: int) -> None:
-    """Draw the README figure of the demo in DEMO (tools/run_demo.py's OUT) to FIGURE."""
+    """Draw the README figure of the demo in DEMO (tools/demo/run_demo.py's OUT) to FIGURE."""
     try:
         written = draw_demo_figure(demo, figure, per_class=per_class)
     except (ValueError, OSError) as err:

@@ -1,13 +1,13 @@
 """Is the demo dataset learnable but not trivial? Train a small CNN, report test AUC.
 
-    OMP_NUM_THREADS=2 python tools/check_demo_learnability.py DEMO_DIR [--image-size 96
+    OMP_NUM_THREADS=2 python tools/demo/check_demo_learnability.py DEMO_DIR [--image-size 96
         --epochs 40 --seed 0 --threads 2]
 
-DEMO_DIR is the output of ``tools/make_demo_data.py``. The target (issue 6) is a test AUC in
-[0.75, 0.98]: a small CNN must find the stenosis often, but not always. The network is four
-conv-BN-ReLU-maxpool blocks and a global max pool (a lesion is one local feature anywhere in the
-frame), trained with Adam on flips/rotations of the train split; the epoch with the best
-validation AUC is scored on test with sklearn's ``roc_auc_score``.
+DEMO_DIR is the output of ``tools/demo/make_demo_data.py``. The goal, "learnable but not
+trivial", is a test AUC in [0.75, 0.98]: a small CNN must find the stenosis often, but not
+always. The network is four conv-BN-ReLU-maxpool blocks and a global max pool (a lesion is one
+local feature anywhere in the frame), trained with Adam on flips/rotations of the train split;
+the epoch with the best validation AUC is scored on test with sklearn's ``roc_auc_score``.
 """
 
 from __future__ import annotations

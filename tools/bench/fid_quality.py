@@ -1,8 +1,8 @@
 """Are diffaug's synthetic minority images closer to real ones than classic augmentation?
 
-    TORCH_HOME=../shared/torch-home OMP_NUM_THREADS=1 python tools/fid_quality.py \
+    TORCH_HOME=../shared/torch-home OMP_NUM_THREADS=1 python tools/bench/fid_quality.py \
         [../shared/data/breastmnist.npz] [--minority-label 0] [--out bench-out/fid-quality.md]
-    TORCH_HOME=... python tools/fid_quality.py --quick     # smoke run: 16 images a set, dims 64
+    TORCH_HOME=... python tools/bench/fid_quality.py --quick   # smoke run: 16 images a set, dims 64
 
 The paper's section 2.2.3 claims that forward-diffusion samples (T = 5) are closer to real
 minority images than traditional geometric augmentation (FID 28.3 against 45.7). On a MedMNIST
@@ -15,15 +15,16 @@ measures FID and KID against the HELD-OUT real minority images (val + test split
     by a factor uniform in 0.9–1.1 (torchvision transforms, seeded);
 (c) the real train minority images: the floor, what un-augmented real images score.
 
-Everything is built in a temporary folder; only the markdown table (`--out`, and `--json`) is
-written. It needs the real FID Inception weights in $TORCH_HOME (pytorch-fid's cache layout):
-without them, or without NPZ's default file, it prints a note and exits 0, never downloading
-anything.
+Everything is built in a temporary folder; only the markdown table (`--out`, and `--json` with
+the same table under "markdown") is written. It needs the real FID Inception weights in
+$TORCH_HOME (pytorch-fid's cache layout): without them, or without NPZ's default file, it prints
+a note and exits 0, never downloading anything.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import tempfile
 import warnings
@@ -32,14 +33,21 @@ from pathlib import Path
 
 import click
 import torch
+from bench_report import Benchmark, Goal, shown_path
 from diffaug import balance_folder
 from diffaug.fid import FID_DIMS, FewImagesWarning, compute_fid, inception_weights_path
 from diffaug.io import MANIFEST_NAME, atomic_write_bytes, read_manifest
-from medmnist_to_folder import SOURCE_FILE, convert_medmnist
 from PIL import Image
 from torchvision.transforms import v2
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "breastmnist.npz"
+# Run as `python tools/bench/fid_quality.py`, Python puts only this folder on sys.path; the
+# MedMNIST converter lives in tools/medmnist/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "medmnist"))
+
+from medmnist_to_folder import SOURCE_FILE, convert_medmnist
+
+# tools/bench/ -> the repository -> the workspace beside it, where ../shared/data lives.
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "breastmnist.npz"
 ROTATION_DEGREES = 15
 BRIGHTNESS = (0.9, 1.1)
 QUICK = {"dims": 64, "limit": 16}
@@ -211,9 +219,10 @@ def main(npz: Path, minority_label: int, ratio: str, seed: int, dims: str, devic
         return
     if quick:
         dims, limit = str(QUICK["dims"]), QUICK["limit"]
-    command = ("python tools/fid_quality.py " + str(npz) + f" --minority-label {minority_label} "
-               f"--ratio {ratio} --seed {seed} --dims {dims} --device {device}"
-               + ("" if limit is None else f" --limit {limit}"))
+    command = shlex.join([
+        "python", shown_path(Path(__file__)), shown_path(npz), "--minority-label",
+        str(minority_label), "--ratio", ratio, "--seed", str(seed), "--dims", dims, "--device",
+        device, *([] if limit is None else ["--limit", str(limit)])])
     with tempfile.TemporaryDirectory(prefix="fid-quality-") as scratch:
         try:
             minority, held_out, sets = build_image_sets(npz, Path(scratch),
@@ -231,7 +240,7 @@ def main(npz: Path, minority_label: int, ratio: str, seed: int, dims: str, devic
     atomic_write_bytes(out, text.encode("utf-8"))
     _write_json(json_path, {"source": str(npz), "minority": minority, "dims": int(dims),
                             "n_held_out": len(held_out), "command": command,
-                            "sets": [asdict(d) for d in distances]})
+                            "sets": [asdict(d) for d in distances], "markdown": text})
     click.echo(text + f"\nwrote {out}")
 
 
@@ -239,6 +248,28 @@ def _write_json(path: Path | None, data: dict) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+
+
+def goals(result: dict) -> list[Goal]:
+    """The paper's claim: diffaug's images closer than classic augmentation, by FID and KID."""
+    sets = {s["name"]: s for s in result["sets"]}
+    diffaug, classic = sets["diffaug"], sets["classic"]
+    return [Goal("FID quality (paper 2.2.3; a claim of the paper, not a speed goal)",
+                 "diffaug closer than classic augmentation to held-out real minority images",
+                 f"FID {diffaug['fid']:.2f} vs {classic['fid']:.2f}; KID "
+                 f"{diffaug['kid_mean']:.4f} vs {classic['kid_mean']:.4f}",
+                 diffaug["fid"] < classic["fid"] and diffaug["kid_mean"] < classic["kid_mean"])]
+
+
+BENCHMARK = Benchmark(
+    script=Path(__file__).resolve(),
+    title="FID quality: diffaug vs classic augmentation (BreastMNIST)",
+    goal="diffaug closer than classic augmentation (paper 2.2.3)",
+    render=lambda result: result["markdown"], goals=goals,
+    # The table goes to bench_all.py's scratch folder beside the JSON, not to bench-out/.
+    result_args=lambda path: ["--json", str(path), "--out", str(path.with_suffix(".md")),
+                              "--quiet"],
+    env={"OMP_NUM_THREADS": "1"}, raw_output=False)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
 """Time `python -m pytorch_fid A B` against `diffaug fid A B` on the same folders.
 
-    TORCH_HOME=../shared/torch-home python tools/bench_fid.py            # BreastMNIST test split
-    TORCH_HOME=../shared/torch-home python tools/bench_fid.py --quick    # 8 + 8 images, dims 64
-    TORCH_HOME=... python tools/bench_fid.py REAL_DIR OTHER_DIR [--json PATH]
+    TORCH_HOME=../shared/torch-home python tools/bench/bench_fid.py         # BreastMNIST test split
+    TORCH_HOME=../shared/torch-home python tools/bench/bench_fid.py --quick # 8 + 8 images, dims 64
+    TORCH_HOME=... python tools/bench/bench_fid.py REAL_DIR OTHER_DIR [--json PATH]
 
 Without folders, the BreastMNIST test split (`../shared/data/breastmnist.npz`: label 0 =
 malignant, 1 = benign) is written as PNGs into a temporary folder, never into the repository.
 Both tools run as subprocesses in the same environment, diffaug three times: its first run
 (an empty $DIFFAUG_CACHE, so it exports the network to ONNX once), a second run (cached export:
 what every later call costs) and `--engine torch` (no ONNX Runtime). The speed-up is
-pytorch-fid's time over the second run's; the script prints seconds and FID of each. It needs TORCH_HOME to hold the real FID Inception weights (pytorch-fid's cache layout);
+pytorch-fid's time over the second run's (goal: at least 3x); the script prints seconds and FID
+of each. It needs TORCH_HOME to hold the real FID Inception weights (pytorch-fid's cache layout);
 without them (or without the default data file) it prints a note and exits 0, so it never
 downloads anything. `--json PATH` also writes the measurements, or the reason for skipping.
 """
@@ -26,10 +27,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_report import Benchmark, Goal, markdown_table, shown_path
 from PIL import Image
 
 WEIGHTS = Path("hub") / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "breastmnist.npz"
+# tools/bench/ -> the repository -> the workspace beside it, where ../shared/data lives.
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "breastmnist.npz"
+GOAL_SPEEDUP = 3.0  # diffaug fid (cached ONNX export) vs python -m pytorch_fid
 CLASS_FOLDERS = {0: "malignant", 1: "benign"}
 QUICK_IMAGES = 8
 QUICK_DIMS = 64
@@ -102,7 +106,7 @@ def main() -> None:
         env = {**os.environ, "DIFFAUG_CACHE": str(Path(temporary) / "diffaug-cache")}
         counts = [sum(1 for p in Path(f).iterdir() if p.is_file()) for f in (real, other)]
         print(f"{real} ({counts[0]} files) vs {other} ({counts[1]} files), dims {dims}, "
-              f"device {args.device}, TORCH_HOME={torch_home}, "
+              f"device {args.device}, TORCH_HOME={shown_path(torch_home)}, "
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
         results = {name: run_timed(command, env) for name, command in tools.items()}
     for name, (seconds, fid) in results.items():
@@ -127,6 +131,32 @@ def write_json(path: Path | None, data: dict) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def render(result: dict) -> str:
+    """The report section: seconds, FID and speed-up of every run."""
+    rows = [(name, f"{r['seconds']:.1f}", f"{r['fid']:.6f}", f"{result['speedups'][name]:.2f}×")
+            for name, r in result["results"].items()]
+    return (f"{result['n_real']} vs {result['n_other']} images, dims {result['dims']}, device "
+            f"{result['device']}; each run a subprocess, wall time including start-up. The "
+            f"first diffaug run exports the network to ONNX once (an empty $DIFFAUG_CACHE); "
+            f"the next runs load that export.\n\n"
+            + markdown_table(("Tool", "Seconds", "FID", "Speed-up"), rows)
+            + f"\n\nSpeed-up {result['speedup']:.2f}× (cached export); largest relative FID "
+              f"difference {result['relative_fid_difference']:.1e}.")
+
+
+def goals(result: dict) -> list[Goal]:
+    """The cached run's speed-up over pytorch-fid."""
+    return [Goal("diffaug fid vs python -m pytorch_fid", f"≥ {GOAL_SPEEDUP:.0f}× faster",
+                 f"{result['speedup']:.2f}× (same FID within "
+                 f"{result['relative_fid_difference']:.1e})",
+                 result["speedup"] >= GOAL_SPEEDUP)]
+
+
+BENCHMARK = Benchmark(
+    script=Path(__file__).resolve(), title="diffaug fid vs python -m pytorch_fid",
+    goal=f"≥ {GOAL_SPEEDUP:.0f}× faster", render=render, goals=goals)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
-"""The whole pipeline in one command, on procedural data, with no download (issue 6).
+"""The whole pipeline in one command, on procedural data, with no download: what a fresh clone runs.
 
-    python tools/run_demo.py [OUT=demo-out] [--size 224 --image-size 64 --epochs 6 --lr 1e-3
+    python tools/demo/run_demo.py [OUT=demo-out] [--size 224 --image-size 64 --epochs 6 --lr 1e-3
         --train 280 102 --val 60 22 --test 60 60 --models M --bootstrap N --seed 0 --quiet]
 
 Each step is printed as the command a user would type and run as that command (the real
 ``diffaug`` / ``qclassify`` command lines, through this Python), so the demo exercises exactly
-what the README documents:
+what the README documents (tools/pipeline.py runs the steps):
 
-1. ``tools/make_demo_data.py`` writes the angiography-like dataset to ``OUT/data``;
+1. ``tools/demo/make_demo_data.py`` writes the angiography-like dataset to ``OUT/data``;
 2. ``diffaug balance`` oversamples the stenosis class to ratio 0.7 (eq. 3: ceil(0.7 * 280) -
    102 = 94 synthetic images at the default counts) into ``OUT/balanced``;
 3. FID/KID of those synthetic images against the original train stenosis images
@@ -31,9 +31,6 @@ the balanced one), plus about a minute and a half for data, balancing and evalua
 from __future__ import annotations
 
 import json
-import os
-import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,9 +38,23 @@ from pathlib import Path
 
 import click
 
-TOOLS = Path(__file__).resolve().parent
-GENERATOR = TOOLS / "make_demo_data.py"
-FIGURE_SCRIPT = TOOLS / "demo_figure.py"
+# Run as `python tools/demo/run_demo.py`, Python puts only this folder on sys.path; the shared
+# pipeline runner lives one level up, in tools/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import (
+    PipelineLayout,
+    Step,
+    heading,
+    module_step,
+    run_steps,
+    script_step,
+    typed_path,
+)
+
+DEMO_TOOLS = Path(__file__).resolve().parent
+GENERATOR = DEMO_TOOLS / "make_demo_data.py"
+FIGURE_SCRIPT = DEMO_TOOLS / "demo_figure.py"
 DATA_RECORD = "demo-data.json"  # written by make_demo_data.py beside the images
 CLASSES = ("normal", "stenosis")
 SPLITS = ("train", "val", "test")
@@ -54,6 +65,7 @@ DEMO_EPOCHS = 6
 # The paper's Adam 1e-4 (section 2.5) fine-tunes ImageNet weights; from scratch (the demo
 # cannot download weights) 1e-3 learns in a few epochs, as in MedMNIST's baseline recipe.
 DEMO_LR = "1e-3"
+STEPS = 5  # data, balance, FID, compare, then the results
 
 
 @dataclass(frozen=True)
@@ -72,71 +84,43 @@ class DemoOptions:
     quiet: bool = False
 
     @property
-    def data(self) -> Path:
-        return self.out / "data"
-
-    @property
-    def balanced(self) -> Path:
-        return self.out / "balanced"
-
-    @property
-    def report(self) -> Path:
-        return self.out / "report"
-
-
-@dataclass(frozen=True)
-class Step:
-    """One pipeline step: `shown` is what a user would type, `argv` what runs."""
-
-    name: str  # short, for the timings line
-    title: str
-    shown: list[str]
-    argv: list[str]
-
-
-class StepFailed(click.ClickException):
-    """A step exited non-zero: one line naming it, exit status 1."""
+    def layout(self) -> PipelineLayout:
+        """OUT/data, OUT/balanced, OUT/report."""
+        return PipelineLayout(self.out)
 
 
 def _quiet(options: DemoOptions) -> list[str]:
     return ["--quiet"] if options.quiet else []
 
 
-def _script(path: Path) -> str:
-    """`path` as a user in the current folder would type it."""
-    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
-
-
-def _python_step(name: str, title: str, script: Path, args: list[str]) -> Step:
-    return Step(name, title, ["python", _script(script), *args],
-                [sys.executable, str(script), *args])
-
-
-def _module_step(name: str, title: str, package: str, args: list[str]) -> Step:
-    return Step(name, title, [package, *args], [sys.executable, "-m", package, *args])
-
-
 def generate_step(options: DemoOptions) -> Step:
-    args = [str(options.data), "--size", str(options.size)]
+    """Step 1: the demo data into OUT/data, unless it already holds the same."""
+    args = [str(options.layout.data), "--size", str(options.size)]
     for split in SPLITS:
         args += [f"--{split}", *(str(n) for n in options.counts[split])]
     args += ["--seed", str(options.seed), *_quiet(options)]
-    return _python_step("data", "generate the demo data", GENERATOR, args)
+    return script_step("data", "generate the demo data", GENERATOR, args,
+                       skip=lambda: _data_reuse_note(options))
 
 
 def balance_step(options: DemoOptions, *, fid: bool = False) -> Step:
-    args = [str(options.data), str(options.balanced), "--ratio", RATIO,
+    """Step 2, or with `fid` step 3 (skipped with a note when FID cannot run offline)."""
+    layout = options.layout
+    args = ["balance", str(layout.data), str(layout.balanced), "--ratio", RATIO,
             "--seed", str(options.seed)]
     if fid:
-        return _module_step("fid", "FID/KID of the synthetic stenosis images vs the originals",
-                            "diffaug", ["balance", *args, "--fid", *_quiet(options)])
-    return _module_step("balance", f"balance the classes to ratio {RATIO} (eq. 3)", "diffaug",
-                        ["balance", *args, *_quiet(options)])
+        return module_step("fid", "FID/KID of the synthetic stenosis images vs the originals",
+                           "diffaug", [*args, "--fid", *_quiet(options)], console_script=True,
+                           skip=fid_skip_note)
+    return module_step("balance", f"balance the classes to ratio {RATIO} (eq. 3)", "diffaug",
+                       [*args, *_quiet(options)], console_script=True)
 
 
 def compare_step(options: DemoOptions) -> Step:
-    args = ["compare", str(options.data), "--augmented", str(options.balanced),
-            "--out", str(options.report), "--image-size", str(options.image_size),
+    """Step 4: the paper's runs, from scratch, into OUT/report."""
+    layout = options.layout
+    args = ["compare", str(layout.data), "--augmented", str(layout.balanced),
+            "--out", str(layout.report), "--image-size", str(options.image_size),
             "--epochs", str(options.epochs), "--lr", options.lr, "--weights", "none",
             "--device", "auto",
             "--seed", str(options.seed)]
@@ -144,8 +128,8 @@ def compare_step(options: DemoOptions) -> Step:
         args += ["--models", model]
     if options.bootstrap is not None:
         args += ["--bootstrap", str(options.bootstrap)]
-    return _module_step("compare", "train and compare the classifiers (section 3)",
-                        "qclassify", [*args, *_quiet(options)])
+    return module_step("compare", "train and compare the classifiers (section 3)",
+                       "qclassify", [*args, *_quiet(options)], console_script=True)
 
 
 def data_already_generated(options: DemoOptions) -> bool:
@@ -154,7 +138,8 @@ def data_already_generated(options: DemoOptions) -> bool:
     Raises:
         ValueError: OUT/data holds demo data made with other options.
     """
-    record = options.data / DATA_RECORD
+    data = options.layout.data
+    record = data / DATA_RECORD
     if not record.is_file():
         return False
     recorded = json.loads(record.read_text(encoding="utf-8")).get("options")
@@ -162,7 +147,7 @@ def data_already_generated(options: DemoOptions) -> bool:
               "counts": {split: dict(zip(CLASSES, pair, strict=True))
                          for split, pair in options.counts.items()}}
     if recorded != wanted:
-        raise ValueError(f"{options.data} holds demo data made with other options ({record}); "
+        raise ValueError(f"{data} holds demo data made with other options ({record}); "
                          f"remove {options.out} or choose another OUT")
     return True
 
@@ -186,62 +171,35 @@ def fid_skip_note() -> str | None:
             "(the first `diffaug fid` run online), then rerun the demo to add FID/KID.")
 
 
-def _run(number: int, step: Step) -> float:
-    """Echo and run one step; returns its wall time in seconds."""
-    click.echo(f"\n[{number}/5] {step.title}\n$ {shlex.join(step.shown)}")
-    started = time.perf_counter()
-    status = subprocess.run(step.argv, check=False).returncode
-    if status != 0:
-        raise StepFailed(f"step {number} ({step.title}) failed with exit status {status}: "
-                         f"{shlex.join(step.shown)}")
-    return time.perf_counter() - started
-
-
-def _skip(number: int, title: str, reason: str) -> None:
-    click.echo(f"\n[{number}/5] {title}\n{reason}")
+def _data_reuse_note(options: DemoOptions) -> str | None:
+    if not data_already_generated(options):
+        return None
+    return (f"{options.layout.data} already holds this demo data ({DATA_RECORD} records the "
+            "same options); not regenerated.")
 
 
 def run_demo(options: DemoOptions) -> dict[str, float]:
     """Run steps 1-4; returns the wall time in seconds of each step that ran, by step name."""
-    seconds: dict[str, float] = {}
-    generate = generate_step(options)
-    try:
-        done = data_already_generated(options)
-    except (ValueError, OSError) as err:
-        raise StepFailed(f"step 1 ({generate.title}): {err}") from None
-    if done:
-        _skip(1, generate.title, f"{options.data} already holds this demo data "
-              f"({DATA_RECORD} records the same options); not regenerated.")
-    else:
-        seconds[generate.name] = _run(1, generate)
-    balance = balance_step(options)
-    seconds[balance.name] = _run(2, balance)
-    fid = balance_step(options, fid=True)
-    note = fid_skip_note()
-    if note is None:
-        seconds[fid.name] = _run(3, fid)
-    else:
-        _skip(3, fid.title, note)
-    compare = compare_step(options)
-    seconds[compare.name] = _run(4, compare)
-    return seconds
+    steps = [generate_step(options), balance_step(options), balance_step(options, fid=True),
+             compare_step(options)]
+    return run_steps(steps, total=STEPS)
 
 
 def summary(options: DemoOptions, seconds: dict[str, float], total_seconds: float) -> str:
     """Step 5: the results table, where the report is, and the timings."""
-    report = options.report
+    report = options.layout.report
     figures = sorted(path.name for path in report.glob("*.png"))
     table = (report / "results.md").read_text(encoding="utf-8").splitlines()
     steps = ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
     lines = [
-        "\n[5/5] results",
+        heading(STEPS, STEPS, "results"),
         # The figure links of results.md mean nothing in a terminal; the figures are listed below.
         *(line for line in table if not line.startswith("![")),
         "",
         f"report:  {report / 'results.md'} (table, notes, figures), {report / 'results.csv'}",
         f"figures: {report}/ {', '.join(figures)}",
         f"runs:    {report / 'runs'}/<model>@<data>/ (config, split, model, history, metrics)",
-        f"README figure: python {_script(FIGURE_SCRIPT)} {options.out} docs/demo.png",
+        f"README figure: python {typed_path(FIGURE_SCRIPT)} {options.out} docs/demo.png",
         f"demo finished in {total_seconds / 60:.1f} min ({steps})",
     ]
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Convert a MedMNIST ``.npz`` (any 2D single-label subset) into split/class PNG folders.
 
-    python tools/medmnist_to_folder.py breastmnist.npz OUT [--class-names a,b] [--quiet]
+    python tools/medmnist/medmnist_to_folder.py breastmnist.npz OUT [--class-names a,b] [--quiet]
 
 writes ``OUT/{train,val,test}/<class>/<split>_<index>.png`` (8-bit L for (N, H, W) images, RGB
 for (N, H, W, 3)), where ``<index>`` is the image's row in the ``<split>_images`` array, and
