@@ -166,7 +166,7 @@ def test_flat_split_is_stratified_seeded_and_complete(make_images, tmp_path):
     split, the same seed gives the same split, another seed another."""
     data = make_images(tmp_path / "data", counts={"a": 40, "b": 20, "c": 10})
     dataset = discover_dataset(data, seed=0)
-    assert dataset.class_names == ("a", "b", "c") and dataset.layout == "flat"
+    assert dataset.class_names == ("a", "b", "c") and dataset.layout == "classes"
     assert sorted(s.path for s in dataset.samples) == [
         p.relative_to(data).as_posix() for p in list_images(data, recursive=True)]
     counts = Counter((s.split, s.class_name) for s in dataset.samples)
@@ -222,7 +222,7 @@ def test_split_layout_is_used_as_given(make_images, tmp_path):
     synthetic = _add_synthetic(data, ["train/stenosis/stenosis_004.png",
                                       "val/stenosis/stenosis_001.png"], split_column="train")
     dataset = discover_dataset(data, seed=0)
-    assert dataset.layout == "split"
+    assert dataset.layout == "splits"
     assert {s.path: s.split for s in dataset.samples if not s.synthetic} == given
     assert [(s.path, s.split) for s in dataset.samples if s.synthetic] == [(synthetic[0], "train")]
 

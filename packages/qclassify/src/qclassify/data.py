@@ -74,7 +74,7 @@ class DatasetSplit:
     """Every usable image of a dataset with its class and split."""
 
     root: Path
-    layout: str  # "split" or "flat"
+    layout: str  # "classes" (class folders) or "splits" (split folders), as diffaug names them
     class_names: tuple[str, ...]
     samples: tuple[Sample, ...]
 
@@ -174,9 +174,9 @@ def discover_dataset(
     if not root.is_dir():
         raise OptionError(f"data folder {root} does not exist or is not a folder")
     if (root / "train").is_dir():
-        layout, candidates = "split", _split_layout(root)
+        layout, candidates = "splits", _split_folders(root)
     else:
-        layout, candidates = "flat", _flat_layout(root)
+        layout, candidates = "classes", _class_folders(root)
     _check_utf8_names(root, candidates)
     synthetic_sources = read_manifest(root)
     _check_no_unlisted_synthetic(root, candidates, synthetic_sources)
@@ -193,7 +193,7 @@ def discover_dataset(
             "at least two class folders"
         )
     originals = [(p, c, s) for p, c, s in candidates if p not in synthetic_sources]
-    if layout == "flat":
+    if layout == "classes":
         originals = _stratified_split(root, originals, seed, val_fraction, test_fraction)
     split_of = {path: split for path, _, split in originals}
     samples = [Sample(path, class_name, split) for path, class_name, split in originals]
@@ -292,11 +292,11 @@ def _visible_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _flat_layout(root: Path) -> list[_Candidate]:
+def _class_folders(root: Path) -> list[_Candidate]:
     return _class_folder_images(root, root, "")
 
 
-def _split_layout(root: Path) -> list[_Candidate]:
+def _split_folders(root: Path) -> list[_Candidate]:
     missing = [split for split in SPLITS if not (root / split).is_dir()]
     if missing:
         raise OptionError(
