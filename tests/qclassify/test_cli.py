@@ -208,3 +208,16 @@ def test_evaluate_json_is_the_metrics_file(trained_run, tmp_path):
         return json.dumps(json.loads(text), sort_keys=True)
 
     assert canonical(result.stdout) == canonical((copy / "metrics.json").read_text())
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(image_folder, tmp_path):
+    """Convention: TrainConfig's error names its parameter (batch_size); the CLI's names the
+    flag the user typed (--batch-size), exit status 2."""
+    from qclassify.options import OptionError, TrainConfig
+
+    with pytest.raises(OptionError, match="^lr_schedule must be one of") as caught:
+        TrainConfig(lr_schedule="step").validate()
+    assert caught.value.for_flag().startswith("--lr-schedule must be one of")
+    result = _invoke("compare", image_folder, "--out", tmp_path / "report", "--models",
+                     "alexnet", *TINY)
+    _assert_one_line_error(result, "--models names unknown model 'alexnet'", exit_code=2)

@@ -173,8 +173,9 @@ def test_epoch_callback_and_synthetic_counts(image_folder, tmp_path):
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"image_size": 16}, "too small"), ({"model": "alexnet"}, "unknown model"),
-     ({"epochs": 0}, "--epochs"), ({"device": "cuda:0"}, None)],
+    [({"image_size": 16}, "^image_size 16 is too small"),
+     ({"model": "alexnet"}, "^model 'alexnet' is unknown"),
+     ({"epochs": 0}, "^epochs must be at least 1"), ({"device": "cuda:0"}, None)],
 )
 def test_bad_options_fail_before_any_file_is_written(image_folder, tmp_path, change, message,
                                                      monkeypatch):

@@ -184,8 +184,8 @@ def _one_line_errors() -> Iterator[None]:
     option or input to change, 1 for a failure while running."""
     try:
         yield
-    except OptionError as err:
-        raise InputError(" ".join(str(err).split())) from err
+    except OptionError as err:  # the library names its parameter; the user typed a flag
+        raise InputError(" ".join(err.for_flag().split())) from err
     # ImportError: an optional extra (e.g. qclassify[pennylane]) missing, with its install hint.
     except (ValueError, OSError, RuntimeError, ImportError) as err:
         raise click.ClickException(" ".join(str(err).split())) from err

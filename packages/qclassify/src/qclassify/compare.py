@@ -105,12 +105,13 @@ def select_runs(models: Sequence[str] | None, *, has_augmented: bool) -> tuple[l
 def _parse_entry(entry: str) -> list[RunSpec]:
     model, _, data = entry.strip().partition("@")
     if model not in MODEL_NAMES:
-        raise OptionError(f"--models: unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}")
+        raise OptionError(f"names unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}",
+                          "models")
     if not data:
         return [spec for spec in DEFAULT_RUNS if spec.model == model]
     if data not in DATA_SETTINGS:
-        raise OptionError(f"--models: {entry!r} names no data setting; use {model}@original or "
-                         f"{model}@balanced")
+        raise OptionError(f"{entry!r} names no data setting; use {model}@original or "
+                          f"{model}@balanced", "models")
     default = next((s for s in DEFAULT_RUNS if (s.model, s.data) == (model, data)), None)
     return [default or RunSpec(model, data, "extra")]
 

@@ -327,11 +327,11 @@ def check_positive(positive: str | None, class_names: Sequence[str]) -> None:
     if positive is None:
         return
     if len(class_names) != 2:
-        raise OptionError(f"--positive applies to two-class tasks; this one has "
-                         f"{len(class_names)} classes")
+        raise OptionError(f"applies to two-class tasks; this one has {len(class_names)} "
+                          "classes", "positive")
     if positive not in class_names:
-        raise OptionError(f"--positive {positive!r} is not a class; choose one of "
-                         f"{', '.join(class_names)}")
+        raise OptionError(f"{positive!r} is not a class; choose one of "
+                          f"{', '.join(class_names)}", "positive")
 
 
 def _positive_index(positive: str | None, run: LoadedRun) -> int | None:

@@ -21,7 +21,21 @@ MIN_IMAGE_SIZE = 32
 
 class OptionError(ValueError):
     """An option or input the user must change (a usage error: the CLIs exit with status 2),
-    as opposed to a failure while running."""
+    as opposed to a failure while running.
+
+    With `parameter`, the message is "<parameter> <text>" and names the library's parameter
+    (``batch_size``); `for_flag` gives the command line's wording (``--batch-size``).
+    """
+
+    def __init__(self, text: str, parameter: str | None = None) -> None:
+        self.text, self.parameter = text, parameter
+        super().__init__(text if parameter is None else f"{parameter} {text}")
+
+    def for_flag(self) -> str:
+        """The message naming the command-line flag instead of the parameter."""
+        if self.parameter is None:
+            return str(self)
+        return f"--{self.parameter.replace('_', '-')} {self.text}"
 
 
 # Options that decide where a run is computed, not what it computes: a finished run is reused
@@ -69,36 +83,37 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise OptionError naming the first option with an impossible value."""
         if self.model not in MODEL_NAMES:
-            raise OptionError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+            raise OptionError(f"{self.model!r} is unknown; choose one of {', '.join(MODEL_NAMES)}",
+                              "model")
         for name in ("qubits", "qlayers", "epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
-                raise OptionError(f"--{name.replace('_', '-')} must be at least 1")
+                raise OptionError("must be at least 1", name)
         for name, most in (("qubits", MAX_QUBITS), ("qlayers", MAX_QLAYERS),
                            ("image_size", MAX_IMAGE_SIZE)):
             if getattr(self, name) > most:
-                raise OptionError(f"--{name.replace('_', '-')} must be at most {most}")
+                raise OptionError(f"must be at most {most}", name)
         if self.q_backend not in BACKENDS:
-            raise OptionError(f"--q-backend must be one of {', '.join(BACKENDS)}; "
-                             f"got {self.q_backend!r}")
+            raise OptionError(f"must be one of {', '.join(BACKENDS)}; got {self.q_backend!r}",
+                              "q_backend")
         if self.num_workers < 0:
-            raise OptionError("--num-workers must be 0 or more")
-        if not (self.lr > 0 and self.weight_decay >= 0):
-            raise OptionError("--lr must be positive and --weight-decay non-negative")
+            raise OptionError("must be 0 or more", "num_workers")
+        if not self.lr > 0:
+            raise OptionError("must be positive", "lr")
+        if not self.weight_decay >= 0:
+            raise OptionError("must be 0 or more", "weight_decay")
         if self.threshold not in THRESHOLD_RULES:
-            raise OptionError(f"--threshold must be one of {', '.join(THRESHOLD_RULES)}; "
-                             f"got {self.threshold!r}")
+            raise OptionError(f"must be one of {', '.join(THRESHOLD_RULES)}; "
+                              f"got {self.threshold!r}", "threshold")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise OptionError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}; "
-                             f"got {self.lr_schedule!r}")
+            raise OptionError(f"must be one of {', '.join(LR_SCHEDULES)}; "
+                              f"got {self.lr_schedule!r}", "lr_schedule")
         if not self.q_device:
-            raise OptionError("--q-device must name a PennyLane device, e.g. default.qubit")
+            raise OptionError("must name a PennyLane device, e.g. default.qubit", "q_device")
         check_image_size(self.image_size)
 
 
 def check_image_size(image_size: int) -> None:
     """Raise OptionError when `image_size` is below what the backbones accept."""
     if image_size < MIN_IMAGE_SIZE:
-        raise OptionError(
-            f"image size {image_size} is too small: the backbones downsample by 32, "
-            f"use --image-size {MIN_IMAGE_SIZE} or more"
-        )
+        raise OptionError(f"{image_size} is too small: the backbones downsample by 32; use "
+                          f"{MIN_IMAGE_SIZE} or more", "image_size")

@@ -137,8 +137,8 @@ def fit(
         test_fraction=config.test_fraction,
     )
     if config.threshold != "argmax" and len(dataset.class_names) != 2:
-        raise OptionError(f"--threshold {config.threshold} needs a two-class task; "
-                         f"{data_dir} has {len(dataset.class_names)} classes")
+        raise OptionError(f"{config.threshold} needs a two-class task; {data_dir} has "
+                          f"{len(dataset.class_names)} classes", "threshold")
     torch.manual_seed(config.seed)  # model initialisation draws from torch's global generator
     model = build_model(
         config.model, len(dataset.class_names), weights=config.weights,
