@@ -21,13 +21,14 @@ the constants here are available without them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import pickle
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
+
+from diffaug.io import sha256_file
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
     import torch
@@ -58,7 +59,6 @@ FID_DIMS = tuple(BLOCK_INDEX_BY_DIM)
 INCEPTION_SIZE = 299  # side of the network's input images, in pixels
 # The start of the weights file's SHA-256, carried by its name (torch.hub's HASH_REGEX).
 FID_WEIGHTS_SHA256_PREFIX = "6726825d"
-HASH_CHUNK = 1 << 20  # bytes read at a time while hashing a weights file
 
 
 class InceptionWeightsError(RuntimeError):
@@ -153,7 +153,10 @@ def load_inception_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """
     import torch
 
-    digest = _sha256_of_file(path)
+    try:
+        digest = sha256_file(path)
+    except OSError as err:
+        raise not_the_weights(path, f"cannot read it: {err.strerror}") from err
     if not digest.startswith(FID_WEIGHTS_SHA256_PREFIX):
         # Not a refusal: nothing in the file can run (weights_only below), and a re-saved or
         # converted copy of the same weights has another hash. The numbers may then differ
@@ -209,14 +212,3 @@ def first_line(err: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none)."""
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0]
-
-
-def _sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as file:
-            for chunk in iter(lambda: file.read(HASH_CHUNK), b""):
-                digest.update(chunk)
-    except OSError as err:
-        raise not_the_weights(path, f"cannot read it: {err.strerror}") from err
-    return digest.hexdigest()
