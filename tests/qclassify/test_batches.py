@@ -83,3 +83,30 @@ def test_augmentation_depends_on_the_key_only(image_folder):
     assert first.shape == plain[2][0].shape == (3, 32, 32)
     with pytest.raises(TypeError, match=r"\(epoch, index\) keys"):
         augmented[2]
+
+
+@pytest.mark.parametrize("augment_seed", [None, 3])
+def test_cached_images_are_the_decoded_ones(make_images, tmp_path, augment_seed):
+    """Same-seed rederivation: an ImageDataset that decodes and resizes every image once
+    (cache=True) yields the tensors of one that decodes at every access, with and without
+    augmentation (the random draws happen after the resize either way)."""
+
+    data = make_images(tmp_path / "data", counts={"normal": 3, "stenosis": 2})
+    paths = sorted(data.rglob("*.png"))
+    cached = ImageDataset(paths, None, 40, augment_seed=augment_seed, cache=True)
+    plain = ImageDataset(paths, None, 40, augment_seed=augment_seed)
+    assert cached.resized is not None and plain.resized is None
+    keys = range(len(paths)) if augment_seed is None else [(1, i) for i in range(len(paths))]
+    for key in keys:
+        torch.testing.assert_close(cached[key][0], plain[key][0], atol=0, rtol=0)
+
+
+def test_cache_too_large_falls_back_to_decoding(make_images, tmp_path, monkeypatch):
+    """Contract: above CACHE_LIMIT_BYTES nothing is cached, with one warning saying so."""
+    import qclassify.images as images_module
+
+    data = make_images(tmp_path / "data", counts={"normal": 3, "stenosis": 2})
+    monkeypatch.setattr(images_module, "CACHE_LIMIT_BYTES", 1000)
+    with pytest.warns(UserWarning, match="decoding them at every epoch"):
+        dataset = images_module.ImageDataset(sorted(data.rglob("*.png")), None, 40, cache=True)
+    assert dataset.resized is None

@@ -88,13 +88,13 @@ def test_early_stopping_restores_the_best_epoch(image_folder, tmp_path, monkeypa
     stop after epoch 4, and model.pt holds the weights the model had after epoch 2."""
     scripted = [1.0, 0.5, 0.7, 0.8, 0.9, 1.0]
     snapshots = []
-    real_predict = train_module.predict_image_logits
+    real_predict = train_module.predict_dataset_logits
     class_index = {"normal": 0, "stenosis": 1}
 
-    def scripted_predict(model, paths, **kwargs):
+    def scripted_predict(model, images, **kwargs):
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
-        logits, seconds = real_predict(model, paths, **kwargs)
-        labels = torch.tensor([class_index[path.parent.name] for path in paths])
+        logits, seconds = real_predict(model, images, **kwargs)
+        labels = torch.tensor([class_index[path.parent.name] for path in images.paths])
         # Two-class logits (a on the true class, 0 on the other) whose cross-entropy
         # log(1 + e^-a) is exactly the scripted loss.
         true_logit = -math.log(math.expm1(scripted[len(snapshots) - 1]))
@@ -102,7 +102,7 @@ def test_early_stopping_restores_the_best_epoch(image_folder, tmp_path, monkeypa
         fake[torch.arange(len(labels)), labels] = true_logit
         return fake, seconds
 
-    monkeypatch.setattr(train_module, "predict_image_logits", scripted_predict)
+    monkeypatch.setattr(train_module, "predict_dataset_logits", scripted_predict)
     config = TrainConfig(**{**TINY, "epochs": 6, "patience": 2})
     result = fit(image_folder, tmp_path / "run", config, progress=False)
     assert [r.epoch for r in result.history] == [1, 2, 3, 4]

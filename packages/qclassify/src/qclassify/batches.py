@@ -21,6 +21,7 @@ __all__ = [
     "EVAL_BATCH_SIZE",
     "deterministic_algorithms",
     "make_loader",
+    "predict_dataset_logits",
     "predict_image_logits",
     "predict_logits",
     "predict_proba",
@@ -114,9 +115,22 @@ def predict_image_logits(
 ) -> tuple[torch.Tensor, float]:
     """Logits (N, C) of image files in the given order, preprocessed for evaluation (no
     augmentation), and the seconds the model's forward passes took."""
+    return predict_dataset_logits(model, ImageDataset(paths, None, image_size), device=device,
+                                  batch_size=batch_size, progress=progress)
+
+
+def predict_dataset_logits(
+    model: torch.nn.Module,
+    images: ImageDataset,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = EVAL_BATCH_SIZE,
+    progress: bool = False,
+) -> tuple[torch.Tensor, float]:
+    """`predict_image_logits` over an `ImageDataset` built once (e.g. with its images cached
+    in memory, as training does for the validation split every epoch)."""
     device = torch.device(device)
-    loader = make_loader(ImageDataset(paths, None, image_size), batch_size=batch_size,
-                         device=device)
+    loader = make_loader(images, batch_size=batch_size, device=device)
     logits, _, forward_seconds = predict_logits(model, loader, device, progress=progress)
     return logits, forward_seconds
 

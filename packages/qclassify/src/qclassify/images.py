@@ -19,6 +19,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 __all__ = [
+    "CACHE_LIMIT_BYTES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
@@ -34,6 +35,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# Decoded, resized training and validation images are kept in memory up to this size.
+CACHE_LIMIT_BYTES = 4 * 2**30
 # Integer modes whose full scale is 16 bits. PIL opens 16-bit grayscale PNG/TIFF as "I;16*";
 # older Pillow versions (and some TIFF writers) give "I", which we read as 16-bit too.
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -102,7 +105,16 @@ def make_preprocess(image_size: int, *, augment: bool = False) -> v2.Compose:
     (rotation within ±10°, shift within 5 %, scale 0.9-1.1, black fill) follow the resize: the
     label-preserving changes a probe's position and angle make.
     """
-    steps: list[v2.Transform] = [v2.Resize((image_size, image_size), antialias=True)]
+    return v2.Compose([_resize(image_size), *_after_resize(augment=augment).transforms])
+
+
+def _resize(image_size: int) -> v2.Resize:
+    return v2.Resize((image_size, image_size), antialias=True)
+
+
+def _after_resize(*, augment: bool) -> v2.Compose:
+    """`make_preprocess` after its resize: what is applied to a cached resized image."""
+    steps: list[v2.Transform] = []
     if augment:
         steps += [
             v2.RandomHorizontalFlip(),
@@ -160,23 +172,42 @@ class ImageDataset(Dataset):
 
     def __init__(
         self, paths: Sequence[str | Path], labels: Sequence[int] | None, image_size: int,
-        *, augment_seed: int | None = None,
+        *, augment_seed: int | None = None, cache: bool = False,
     ) -> None:
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = [Path(path) for path in paths]
         self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
         self.augment_seed = augment_seed
-        self.preprocess = make_preprocess(image_size, augment=augment_seed is not None)
+        self.resize = _resize(image_size)
+        self.after_resize = _after_resize(augment=augment_seed is not None)
+        self.resized: list[torch.Tensor] | None = None
+        if cache:
+            self.resized = self._decode_all(image_size)
+
+    def _decode_all(self, image_size: int) -> list[torch.Tensor] | None:
+        """Every image decoded and resized once (what stays the same every epoch), in memory;
+        None, with a warning, when that would take more than `CACHE_LIMIT_BYTES` (the images
+        are then decoded at every access). Filled before any loader worker starts, so workers
+        share it."""
+        worst_case = len(self.paths) * 3 * image_size * image_size * 4  # float32 RGB
+        if worst_case > CACHE_LIMIT_BYTES:
+            warnings.warn(f"{len(self.paths)} images at {image_size} px need up to "
+                          f"{worst_case / 2**30:.1f} GiB in memory, more than the "
+                          f"{CACHE_LIMIT_BYTES / 2**30:.0f} GiB cache limit: decoding them at "
+                          "every epoch instead", stacklevel=3)
+            return None
+        return [self.resize(read_image(path)) for path in self.paths]
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, index = key if isinstance(key, tuple) else (None, key)
-        image = read_image(self.paths[index])
+        image = (self.resized[index] if self.resized is not None
+                 else self.resize(read_image(self.paths[index])))
         if self.augment_seed is None:
-            return self.preprocess(image), self.labels[index]
+            return self.after_resize(image), self.labels[index]
         if epoch is None:
             raise TypeError("an augmenting ImageDataset is indexed by (epoch, index) keys")
         seed = np.random.SeedSequence([self.augment_seed, epoch, index]).generate_state(1)[0]
@@ -184,4 +215,4 @@ class ImageDataset(Dataset):
         # draw depends on the key only and leaves the caller's generator where it was.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
-            return self.preprocess(image), self.labels[index]
+            return self.after_resize(image), self.labels[index]

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from qclassify.batches import (
     deterministic_algorithms,
     make_loader,
-    predict_image_logits,
+    predict_dataset_logits,
     probabilities,
 )
 from qclassify.config import TrainConfig, records_same_run, run_info
@@ -225,7 +225,7 @@ def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device:
         samples = dataset.subset(split)
         augment_seed = config.seed if train and config.augment else None
         images = ImageDataset(dataset.paths(samples), dataset.labels(samples), config.image_size,
-                              augment_seed=augment_seed)
+                              augment_seed=augment_seed, cache=True)
         return make_loader(images, batch_size=config.batch_size, num_workers=config.num_workers,
                            shuffle=train, seed=config.seed, device=device,
                            epoch_keys=augment_seed is not None)
@@ -233,7 +233,8 @@ def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device:
     folder = RunFolder(run_dir)
     train_loader = loader("train", train=True)
     val_samples = dataset.subset("val")
-    val_paths = dataset.paths(val_samples)
+    # Decoded and resized once for the whole run, like the training images (`ImageDataset`).
+    val_images = ImageDataset(dataset.paths(val_samples), None, config.image_size, cache=True)
     val_labels = torch.as_tensor(dataset.labels(val_samples))
     model.to(device)
     optimizer = torch.optim.Adam(
@@ -257,8 +258,7 @@ def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device:
         # The same computation as evaluate/predict on model.pt (batches.predict_proba), so the
         # best epoch's validation probabilities, and a threshold tuned on them, are
         # reproducible from the saved model.
-        logits, _ = predict_image_logits(model, val_paths, image_size=config.image_size,
-                                         device=device)
+        logits, _ = predict_dataset_logits(model, val_images, device=device)
         val_loss = F.cross_entropy(logits, val_labels).item()
         proba, labels = probabilities(logits), val_labels.numpy()
         record = EpochRecord(
