@@ -6,9 +6,7 @@ with one line and the shell's status 130 instead of a KeyboardInterrupt tracebac
 
 import sys
 
-# The shell's status of a process ended by SIGINT (128 + 2); qclassify.cli uses these too.
-INTERRUPTED_EXIT_CODE = 130
-INTERRUPTED_MESSAGE = "Interrupted."
+from qclassify.options import INTERRUPTED_EXIT_CODE, INTERRUPTED_MESSAGE
 
 
 def run() -> None:

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from PIL import Image
 
-from qclassify.__main__ import INTERRUPTED_EXIT_CODE, INTERRUPTED_MESSAGE
 from qclassify.options import (
     BACKENDS,
+    INTERRUPTED_EXIT_CODE,
+    INTERRUPTED_MESSAGE,
     LR_SCHEDULES,
     MAX_IMAGE_SIZE,
     MAX_QLAYERS,

@@ -34,6 +34,7 @@ from sklearn.model_selection import train_test_split
 
 from qclassify.images import IMAGE_EXTENSIONS, find_unreadable, list_images
 from qclassify.options import OptionError
+from qclassify.runfolder import SPLIT_COLUMNS, Sample, read_split_csv, split_row
 
 __all__ = [
     "MANIFEST_NAME",
@@ -56,17 +57,6 @@ MANIFEST_NAME = "diffaug-manifest.csv"
 RUN_RECORD_NAME = "diffaug-run.json"
 # How diffaug names a synthetic image: syn_<source-stem>_<k>.png.
 _SYNTHETIC_NAME = re.compile(r"syn_.+_\d+\.png")
-SPLIT_COLUMNS = ("path", "class", "split", "synthetic")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image: `path` is POSIX and relative to the dataset root."""
-
-    path: str
-    class_name: str
-    split: str
-    synthetic: bool = False
 
 
 @dataclass(frozen=True)
@@ -209,24 +199,8 @@ def discover_dataset(
 
 
 def split_csv_rows(dataset: DatasetSplit) -> list[dict[str, str]]:
-    """Rows of the run folder's ``split.csv`` (``path,class,split,synthetic``)."""
-    return [
-        {"path": s.path, "class": s.class_name, "split": s.split, "synthetic": str(int(s.synthetic))}
-        for s in dataset.samples
-    ]
-
-
-def read_split_csv(path: str | Path) -> list[Sample]:
-    """The samples written by `split_csv_rows` (``synthetic`` defaults to 0 when absent)."""
-    with Path(path).open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"path", "class", "split"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-        return [
-            Sample(row["path"], row["class"], row["split"], row.get("synthetic", "0") == "1")
-            for row in reader
-        ]
+    """Rows of the run folder's ``split.csv`` for every sample of `dataset`."""
+    return [split_row(sample) for sample in dataset.samples]
 
 
 # (relative POSIX path, class name, split or "") for every image file found.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BACKENDS", "DEFAULT_Q_DEVICE", "LR_SCHEDULES", "MAX_IMAGE_SIZE", "MAX_QLAYERS",
+__all__ = ["BACKENDS", "DEFAULT_Q_DEVICE", "INTERRUPTED_EXIT_CODE", "INTERRUPTED_MESSAGE", "LR_SCHEDULES", "MAX_IMAGE_SIZE", "MAX_QLAYERS",
            "MAX_QUBITS", "MIN_IMAGE_SIZE", "MODEL_NAMES", "OptionError", "PLACEMENT_OPTIONS",
            "THRESHOLD_RULES", "TrainConfig", "check_image_size"]
 
@@ -17,6 +17,12 @@ BACKENDS = ("torch", "pennylane")
 # Every backbone downsamples by 32; VGG16 and DenseNet121 fail on smaller inputs, and below it
 # the others would classify a single zero-padded pixel.
 MIN_IMAGE_SIZE = 32
+
+
+# The shell's status of a process ended by SIGINT (128 + 2), for Ctrl-C during start-up
+# (`qclassify.__main__`) and in a command (`qclassify.cli`).
+INTERRUPTED_EXIT_CODE = 130
+INTERRUPTED_MESSAGE = "Interrupted."
 
 
 class OptionError(ValueError):

@@ -17,10 +17,7 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from qclassify.data import Sample
+from typing import IO, Any
 
 __all__ = [
     "CONFIG_FILE",
@@ -34,10 +31,14 @@ __all__ = [
     "SPLIT_FILE",
     "TRAINING_STATE_FILE",
     "RunFolder",
+    "SPLIT_COLUMNS",
+    "Sample",
     "atomic_write",
     "check_separate",
     "read_csv_rows",
     "read_json",
+    "read_split_csv",
+    "split_row",
     "read_torch",
     "write_csv",
     "write_json",
@@ -55,6 +56,8 @@ ROC_FILE = "roc.png"
 # Everything `fit --resume` needs to continue after the last finished epoch (torchvision's
 # reference-script layout); removed once model.pt is written.
 TRAINING_STATE_FILE = "training-state.pt"
+# split.csv: every image of the dataset with its class, split and whether it is synthetic.
+SPLIT_COLUMNS = ("path", "class", "split", "synthetic")
 RUN_FILES = (
     CONFIG_FILE,
     SPLIT_FILE,
@@ -66,6 +69,36 @@ RUN_FILES = (
     ROC_FILE,
     TRAINING_STATE_FILE,
 )
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: `path` is POSIX and relative to the dataset root."""
+
+    path: str
+    class_name: str
+    split: str
+    synthetic: bool = False
+
+
+def split_row(sample: Sample) -> dict[str, str]:
+    """One ``split.csv`` row (`SPLIT_COLUMNS`)."""
+    return {"path": sample.path, "class": sample.class_name, "split": sample.split,
+            "synthetic": str(int(sample.synthetic))}
+
+
+def read_split_csv(path: str | Path) -> list[Sample]:
+    """The samples of a ``split.csv`` (``synthetic`` defaults to 0 when absent).
+
+    Raises:
+        ValueError: unreadable, or a required column missing, naming the file.
+    """
+    rows = read_csv_rows(path)
+    missing = {"path", "class", "split"} - set(rows[0] if rows else SPLIT_COLUMNS)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    return [Sample(row["path"], row["class"], row["split"], row.get("synthetic", "0") == "1")
+            for row in rows]
 
 
 @dataclass(frozen=True)
@@ -131,13 +164,11 @@ class RunFolder:
         return write_json(self.config_file, info)
 
     def read_split(self) -> list[Sample]:
-        """The samples of ``split.csv`` (see `qclassify.data.read_split_csv`)."""
-        from qclassify.data import read_split_csv
-
+        """The samples of ``split.csv``."""
         return read_split_csv(self.split_file)
 
-    def write_split(self, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
-        return write_csv(self.split_file, columns, rows)
+    def write_split(self, samples: Iterable[Sample]) -> Path:
+        return write_csv(self.split_file, SPLIT_COLUMNS, map(split_row, samples))
 
     def read_history(self) -> list[dict[str, float]]:
         """``history.csv``: one dict of floats per epoch; empty when there is no file."""

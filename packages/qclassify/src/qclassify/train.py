@@ -33,7 +33,7 @@ from qclassify.batches import (
     probabilities,
 )
 from qclassify.config import TrainConfig, records_same_run, run_info
-from qclassify.data import SPLIT_COLUMNS, DatasetSplit, discover_dataset, split_csv_rows
+from qclassify.data import DatasetSplit, discover_dataset, split_csv_rows
 from qclassify.devices import resolve_device
 from qclassify.images import ImageDataset
 from qclassify.metrics import youden_threshold
@@ -153,7 +153,7 @@ def fit(
         staging = _prepare_run_dir(run_dir, overwrite)
         staged = RunFolder(staging)
         staged.write_config(info)
-        staged.write_split(SPLIT_COLUMNS, split_csv_rows(dataset))
+        staged.write_split(dataset.samples)
 
     with deterministic_algorithms():
         history, best_epoch, best_state, val_outputs = _train(model, dataset, config, device,
