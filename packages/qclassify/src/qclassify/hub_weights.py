@@ -23,7 +23,7 @@ import torch.hub
 from qclassify.runfolder import read_torch
 
 __all__ = ["WeightsUnavailableError", "cached_checkpoint_path", "load_hub_state_dict",
-           "read_state_dict"]
+           "read_state_dict", "unusable_checkpoint"]
 
 HASH_CHUNK = 1 << 20  # bytes read at a time while hashing a checkpoint
 _FIX = "delete it to download it again, or use --weights none or --weights PATH"
@@ -115,11 +115,12 @@ def _sha256_of_file(path: Path) -> str:
             for chunk in iter(lambda: file.read(HASH_CHUNK), b""):
                 digest.update(chunk)
     except OSError as err:
-        raise _unusable(path, f"cannot read it: {err.strerror}") from err
+        raise unusable_checkpoint(path, f"cannot read it: {err.strerror}") from err
     return digest.hexdigest()
 
 
-def _unusable(path: Path, reason: str) -> WeightsUnavailableError:
+def unusable_checkpoint(path: Path, reason: str) -> WeightsUnavailableError:
+    """The one-line error for a cached checkpoint that cannot be used, with the fix."""
     return WeightsUnavailableError(
         f"{path}: not the pretrained checkpoint its name promises ({reason}): {_FIX}"
     )

@@ -23,6 +23,7 @@ from qclassify.hub_weights import (
     cached_checkpoint_path,
     load_hub_state_dict,
     read_state_dict,
+    unusable_checkpoint,
 )
 from qclassify.options import MIN_IMAGE_SIZE, MODEL_NAMES, check_image_size
 from qclassify.quantum import QuantumFeatureLayer
@@ -84,11 +85,8 @@ def _torchvision_model(torchvision_name: str, weights: WeightsEnum | None) -> nn
         try:
             model.load_state_dict(state)
         except RuntimeError as err:  # missing, unexpected or misshapen tensors
-            raise WeightsUnavailableError(
-                f"{cached_checkpoint_path(weights.url)} does not fit torchvision's "
-                f"{torchvision_name}: delete it to download it again, or use --weights none "
-                "or --weights PATH"
-            ) from err
+            raise unusable_checkpoint(cached_checkpoint_path(weights.url),
+                                      f"it does not fit torchvision's {torchvision_name}") from err
     return model
 
 

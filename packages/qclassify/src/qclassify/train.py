@@ -33,7 +33,7 @@ from qclassify.batches import (
     probabilities,
 )
 from qclassify.config import TrainConfig, records_same_run, run_info
-from qclassify.data import DatasetSplit, discover_dataset, split_csv_rows
+from qclassify.data import DatasetSplit, discover_dataset
 from qclassify.devices import resolve_device
 from qclassify.images import ImageDataset
 from qclassify.metrics import youden_threshold
@@ -139,6 +139,8 @@ def fit(
     if config.threshold != "argmax" and len(dataset.class_names) != 2:
         raise OptionError(f"{config.threshold} needs a two-class task; {data_dir} has "
                           f"{len(dataset.class_names)} classes", "threshold")
+    if resume:  # refused before the model is built (and ImageNet weights are read)
+        _check_resumable(run_dir, config, data_dir, dataset, overwrite)
     torch.manual_seed(config.seed)  # model initialisation draws from torch's global generator
     model = build_model(
         config.model, len(dataset.class_names), weights=config.weights,
@@ -147,7 +149,6 @@ def fit(
     )
     info = run_info(data_dir, config, dataset, model, device)
     if resume:
-        _check_resumable(run_dir, config, data_dir, dataset, overwrite)
         staging, staged = run_dir, RunFolder(run_dir)
     else:
         staging = _prepare_run_dir(run_dir, overwrite)
@@ -391,8 +392,7 @@ def _check_resumable(run_dir: Path, config: TrainConfig, data_dir: Path, dataset
     if not records_same_run(run_dir, config, data_dir):
         raise OptionError(f"{run_dir} was trained with other options or data; resume it with "
                           f"the options of its {folder.config_file.name}")
-    split = [(s.path, s.class_name, s.split) for s in folder.read_split()]
-    if split != [(r["path"], r["class"], r["split"]) for r in split_csv_rows(dataset)]:
+    if folder.read_split() != list(dataset.samples):
         raise OptionError(f"the images of {data_dir} are no longer split as "
                           f"{folder.split_file} records; the run cannot be resumed")
 
