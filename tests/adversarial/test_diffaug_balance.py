@@ -86,11 +86,12 @@ def _run_cli(*args: object, timeout: float = 60) -> subprocess.CompletedProcess:
 _SLOW_BALANCE = """
 import sys, time
 from diffaug.augment import DiffusionAugmentor
-apply = DiffusionAugmentor.apply
-def slow_apply(self, *args, **kwargs):
-    time.sleep(0.3)
-    return apply(self, *args, **kwargs)
-DiffusionAugmentor.apply = slow_apply
+variants = DiffusionAugmentor.variants
+def slow_variants(self, *args, **kwargs):
+    for variant in variants(self, *args, **kwargs):
+        time.sleep(0.3)
+        yield variant
+DiffusionAugmentor.variants = slow_variants
 from diffaug.cli import main
 main(sys.argv[1:])
 """

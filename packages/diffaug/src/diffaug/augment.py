@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import Any, NamedTuple, TypeVar
 
@@ -165,6 +166,14 @@ class DiffusionAugmentor(ParamsMixin):
         generator = self._streams.generator(settings.random_state, seed)
         return _diffuse(pixels, settings, _draw(pixels, settings, generator))
 
+    def variants(self, image: ImageT,
+                 seeds: Iterable[int]) -> Iterator[tuple[ImageT, DiffusionDraw]]:
+        """One synthetic version of ``image`` per seed, with its draw (noise channel last).
+        Each is what ``DiffusionAugmentor(random_state=seed, ...)(image)`` gives: drawn from
+        ``numpy.random.default_rng(seed)``; the image is read once for all of them."""
+        settings = self._settings()
+        yield from _variants(self._unpack(image, settings), settings, seeds)
+
     def fit(self, X: ArrayLike, y: ArrayLike) -> DiffusionAugmentor:
         """Check ``X`` (N images) and ``y`` and set ``sampling_strategy_`` (class -> number of
         images to synthesise); returns ``self``."""
@@ -194,8 +203,8 @@ class DiffusionAugmentor(ParamsMixin):
                 source = int(rows[sample.source_index])
                 pixels = unpack(images[source], channel_axis=axis,
                                 intensity_range=settings.intensity_range)
-                generator = np.random.default_rng(sample.seed)
-                synthetic.append(_diffuse(pixels, settings, _draw(pixels, settings, generator)))
+                (result, _), = _variants(pixels, settings, [sample.seed])
+                synthetic.append(result)
                 sources.append(source)
         self.sample_indices_ = np.concatenate([np.arange(len(images)), sources]).astype(np.intp)
         X_res = np.concatenate([images, np.asarray(synthetic, dtype=images.dtype)
@@ -259,6 +268,15 @@ def _draw(pixels: Pixels, settings: _Settings, generator: np.random.Generator) -
     gamma = float(generator.uniform(*settings.brightness))
     return DiffusionDraw(t, gamma, generator.standard_normal(pixels.color.shape,
                                                              dtype=np.float32))
+
+
+def _variants(pixels: Pixels, settings: _Settings,
+              seeds: Iterable[int]) -> Iterator[tuple[Any, DiffusionDraw]]:
+    """For each seed: draw from ``default_rng(seed)``, then eqs. 1 and 4 (the pixels are
+    only read, so one unpacked image serves every seed)."""
+    for seed in seeds:
+        draw = _draw(pixels, settings, np.random.default_rng(seed))
+        yield _diffuse(pixels, settings, draw), draw
 
 
 def _diffuse(pixels: Pixels, settings: _Settings, draw: DiffusionDraw) -> Any:

@@ -39,6 +39,7 @@ from diffaug.io import (
     write_manifest,
 )
 from diffaug.layout import BalanceInputError, InputFolder, SkippedFile, read_input_folder
+from diffaug.options import check_schedule
 from diffaug.outfolder import (
     OutputFolderBusyError,
     check_output_folder,
@@ -124,7 +125,7 @@ def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | st
     store), and OUT receives a regular file with its bytes, never a link.
     """
     ratio = as_ratio(ratio)
-    schedule = NoiseSchedule.linear() if schedule is None else schedule
+    schedule = check_schedule(schedule)
     settings = {"schedule": schedule, "blur_sigma": blur_sigma, "brightness": tuple(brightness)}
     DiffusionAugmentor(**settings, random_state=seed).validate_params()  # before any file work
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -281,10 +282,9 @@ def _synthesize(settings: dict[str, Any], job: _Job) -> list[tuple[int, float, s
     image = read_image(job.source)
     orientation = exif_orientation(image)
     outcomes = []
-    for variant in job.variants:
-        augmentor = DiffusionAugmentor(**settings, random_state=variant.seed)
-        draw = augmentor.sample_parameters(image)
-        data = encode_png(augmentor.apply(image, **draw._asdict()), orientation=orientation)
+    synthesized = DiffusionAugmentor(**settings).variants(image, (v.seed for v in job.variants))
+    for variant, (synthetic, draw) in zip(job.variants, synthesized, strict=True):
+        data = encode_png(synthetic, orientation=orientation)
         atomic_write_bytes(variant.target, data)
         outcomes.append((draw.t, draw.gamma, sha256_hex(data)))
     return outcomes

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import fcntl
+import filecmp
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -100,7 +101,7 @@ def clean_output_folder(out_dir: Path, expected: set[Path]) -> None:
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         for name in sorted(subfolders + files):
             entry = here / name
-            if TEMPORARY_NAME.fullmatch(name):
+            if _is_temporary(name):
                 entry.unlink()
             elif name.startswith("."):
                 continue
@@ -143,13 +144,14 @@ def _planned_part(row: ManifestRow) -> tuple[str, str, str, str, int]:
 
 
 def _same_file(source: Path | None, target: Path, sha256: str | None) -> bool:
-    """Whether ``target`` is a regular file with ``source``'s bytes, or with this sha256."""
+    """Whether ``target`` is a regular file with ``source``'s bytes, or with this sha256 (links
+    in OUT were refused before: `clean_output_folder`)."""
     try:
-        if target.is_symlink() or not target.is_file():
+        if not target.is_file():
             return False
         if source is None:
             return sha256_file(target) == sha256
-        return (target.stat().st_size == source.stat().st_size
-                and sha256_file(target) == sha256_file(source))
+        # Byte comparison, sizes first: no need to hash both files of a copy.
+        return filecmp.cmp(source, target, shallow=False)
     except OSError:
         return False

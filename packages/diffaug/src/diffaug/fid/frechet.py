@@ -164,12 +164,7 @@ def frechet_distance(
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
     _check_shapes(mu1, sigma1, mu2, sigma2)
-    _check_finite(mu1, sigma1, mu2, sigma2)
-    diff = mu1 - mu2
-    return _finite_fid(
-        lambda: diff @ diff + np.trace(sigma1) + np.trace(sigma2)
-        - 2 * trace_sqrt_product(sigma1, sigma2)
-    )
+    return _fid(mu1, sigma1, mu2, sigma2, lambda: trace_sqrt_product(sigma1, sigma2))
 
 
 def frechet_distance_between(real: FeatureStatistics, other: FeatureStatistics) -> float:
@@ -182,12 +177,18 @@ def frechet_distance_between(real: FeatureStatistics, other: FeatureStatistics) 
     n1, n2 = len(real.features), len(other.features)
     if n1 * n2 * (dims + min(n1, n2)) > dims**3:
         return frechet_distance(real.mu, real.sigma, other.mu, other.sigma)
-    _check_finite(real.mu, real.sigma, other.mu, other.sigma)
-    diff = real.mu - other.mu
-    return _finite_fid(
-        lambda: diff @ diff + np.trace(real.sigma) + np.trace(other.sigma)
-        - 2 * trace_sqrt_product_from_features(real.features, other.features)
-    )
+    return _fid(real.mu, real.sigma, other.mu, other.sigma,
+                lambda: trace_sqrt_product_from_features(real.features, other.features))
+
+
+def _fid(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+         trace_sqrt: Callable[[], float]) -> float:
+    """||mu1 - mu2||^2 + Tr(sigma1) + Tr(sigma2) - 2 Tr(sqrt(sigma1 sigma2)), the last term from
+    `trace_sqrt` (from the covariances or from the features)."""
+    _check_finite(mu1, sigma1, mu2, sigma2)
+    diff = mu1 - mu2
+    return _finite_fid(lambda: diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+                       - 2 * trace_sqrt())
 
 
 def _check_finite(*arrays: np.ndarray) -> None:
