@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+from click.core import ParameterSource
 from PIL import Image
 
 from qclassify.options import (
@@ -35,6 +36,12 @@ from qclassify.options import (
     MAX_QUBITS,
     MIN_IMAGE_SIZE,
     MODEL_NAMES,
+    MONITORS,
+    OPTIMIZERS,
+    RECIPE_CHOICES,
+    RECIPE_FIELDS,
+    RECIPES,
+    STEMS,
     THRESHOLD_RULES,
     OptionError,
     TrainConfig,
@@ -118,6 +125,33 @@ def _check_weights(ctx: click.Context, param: click.Parameter, value: str) -> st
 
 _OPEN_UNIT_INTERVAL = click.FloatRange(0, 1, min_open=True, max_open=True)
 
+
+def _from_recipe(field: str) -> str:
+    """The help's default of a recipe option: its value in each recipe."""
+    return ", ".join(f"{name} {_shown(values[field])}" for name, values in RECIPES.items())
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value if isinstance(value, str) else f"{value:g}"
+
+
+def recipe_option(name: str, **kwargs: Any) -> Callable[[F], F]:
+    """A click option of `RECIPE_FIELDS`: unset (None) unless given, so that the recipe
+    decides; its help shows each recipe's value."""
+    return click.option(name, default=None, show_default=_from_recipe(
+        name.split("/")[0].lstrip("-").replace("-", "_")), **kwargs)
+
+
+def _train_config(ctx: click.Context, options: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a command's training options: a recipe option counts only when the
+    user gave it, so the precedence is TrainConfig defaults < recipe < explicit flags."""
+    given = {name: value for name, value in options.items()
+             if name not in RECIPE_FIELDS
+             or ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
+    return TrainConfig(**given)
+
 training_options = _compose(
     click.option("--qubits", type=click.IntRange(min=1, max=MAX_QUBITS),
                  default=_DEFAULTS.qubits, show_default=True,
@@ -130,21 +164,35 @@ training_options = _compose(
     click.option("--q-device", default=_DEFAULTS.q_device, show_default=True,
                  help="PennyLane device of --q-backend pennylane, e.g. lightning.qubit "
                       "(pip install pennylane-lightning); ignored by the torch backend."),
-    click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS.epochs,
-                 show_default=True),
-    click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size,
-                 show_default=True),
-    click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.lr,
-                 show_default=True, help="Adam learning rate."),
-    click.option("--weight-decay", type=click.FloatRange(min=0),
-                 default=_DEFAULTS.weight_decay, show_default=True,
-                 help="Adam weight decay (the L2 term of eq. 15)."),
-    click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=_DEFAULTS.lr_schedule,
+    click.option("--recipe", type=click.Choice(RECIPE_CHOICES), default=_DEFAULTS.recipe,
                  show_default=True,
-                 help="constant, or cosine: annealed from --lr to 0 over --epochs."),
-    click.option("--patience", type=click.IntRange(min=1), default=_DEFAULTS.patience,
-                 show_default=True,
-                 help="Stop after this many epochs without a lower validation loss."),
+                 help="Default values of the options marked 'paper ..., scratch ...': paper = "
+                      "the paper's fine-tuning recipe, scratch = for random initialisation; "
+                      "auto = paper with pretrained --weights, scratch with --weights none. "
+                      "Options given explicitly override the recipe."),
+    recipe_option("--epochs", type=click.IntRange(min=1)),
+    recipe_option("--batch-size", type=click.IntRange(min=1)),
+    recipe_option("--optimizer", type=click.Choice(OPTIMIZERS),
+                  help="adam (weight decay as L2, eq. 15) or adamw (decoupled weight decay)."),
+    recipe_option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate."),
+    recipe_option("--weight-decay", type=click.FloatRange(min=0),
+                  help="Weight decay (Adam: the L2 term of eq. 15)."),
+    recipe_option("--warmup-epochs", type=click.IntRange(min=0),
+                  help="Epochs of linear warmup to --lr (epoch e at lr*e/(N+1)) before "
+                       "--lr-schedule."),
+    recipe_option("--lr-schedule", type=click.Choice(LR_SCHEDULES),
+                  help="constant, or cosine: annealed from --lr to 0 over the epochs after "
+                       "warmup."),
+    recipe_option("--monitor", type=click.Choice(MONITORS),
+                  help="Validation metric that picks the best epoch and drives early "
+                       "stopping (val_auc: ties broken by the lower loss)."),
+    recipe_option("--patience", type=click.IntRange(min=1),
+                  help="Stop after this many epochs without a better --monitor value."),
+    recipe_option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True),
+                  help="Label smoothing of the training cross-entropy."),
+    recipe_option("--stem", type=click.Choice(STEMS),
+                  help="lowres: no downsampling in the first convolution or pool (for small "
+                       "images, as the networks' CIFAR variants); auto = standard for now."),
     click.option("--image-size", type=click.IntRange(min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE),
                  default=_DEFAULTS.image_size, show_default=True,
                  help="Images are resized to this square size."),
@@ -153,11 +201,10 @@ training_options = _compose(
                  help="imagenet (torchvision, downloaded once), none (from scratch), or the "
                       "PATH of a state dict of the WHOLE model (same --model and classes, "
                       "e.g. an earlier run's model.pt); a backbone-only state dict is refused."),
-    click.option("--augment/--no-augment", default=_DEFAULTS.augment, show_default=True,
+    recipe_option("--augment/--no-augment",
                  help="Randomly flip (left-right), rotate (±10°), shift (5 %) and scale "
                       "(0.9-1.1) each training image every epoch, seeded by --seed."),
-    click.option("--threshold", type=click.Choice(THRESHOLD_RULES), default=_DEFAULTS.threshold,
-                 show_default=True,
+    recipe_option("--threshold", type=click.Choice(THRESHOLD_RULES),
                  help="How two-class predictions are made: argmax, or youden = predict the "
                       "positive class when its probability reaches the threshold that "
                       "maximises sensitivity + specificity on the validation split."),
@@ -255,8 +302,9 @@ def main(ctx: click.Context) -> None:
               help="Continue the interrupted run in --out after its last finished epoch "
                    "(same options; the result equals an uninterrupted run).")
 @quiet_option
-def fit(data: Path, out: Path | None, overwrite: bool, resume: bool, quiet: bool,
-        **options: Any) -> None:
+@click.pass_context
+def fit(ctx: click.Context, data: Path, out: Path | None, overwrite: bool, resume: bool,
+        quiet: bool, **options: Any) -> None:
     """Train a model on DATA (DATA/<class>/* or DATA/train|val|test/<class>/*).
 
     \b
@@ -265,18 +313,22 @@ def fit(data: Path, out: Path | None, overwrite: bool, resume: bool, quiet: bool
         qclassify fit balanced/ --out runs/q --weights none --image-size 64
         qclassify fit balanced/ --out runs/q2 --model resnet18 --epochs 60 --patience 10
         qclassify fit balanced/ --out runs/q2 --model resnet18 --epochs 60 --patience 10 --resume
+        qclassify fit balanced/ --out runs/s --weights none --recipe scratch --lr 3e-4
     """
     from qclassify import train
 
-    config = TrainConfig(**options)
+    config = _train_config(ctx, options)
     run_dir = out or Path("runs") / f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
     _check_out(run_dir, data)
 
     def log_epoch(record: EpochRecord) -> None:
-        click.echo(record.summary(config.epochs))
+        click.echo(record.summary(resolved.epochs))
 
     with _one_line_errors():
-        result = train.fit(data, run_dir, config, progress=not quiet, overwrite=overwrite,
+        config.validate()
+        resolved = config.resolved()
+        click.echo(config.recipe_summary())
+        result = train.fit(data, run_dir, resolved, progress=not quiet, overwrite=overwrite,
                            resume=resume, on_epoch=log_epoch)
     stop = "early stop" if result.stopped_early else "all epochs"
     # Named only now: a run refused by validation never creates its folder.
@@ -374,8 +426,9 @@ def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str,
 @positive_option
 @json_option
 @quiet_option
-def compare(data: Path, augmented: Path | None, models: tuple[str, ...], out: Path,
-            n_bootstrap: int, positive: str | None, as_json: bool, quiet: bool,
+@click.pass_context
+def compare(ctx: click.Context, data: Path, augmented: Path | None, models: tuple[str, ...],
+            out: Path, n_bootstrap: int, positive: str | None, as_json: bool, quiet: bool,
             **options: Any) -> None:
     """Section 3 of the paper on DATA: the proposed model (qmobilenet on the balanced data),
     four baselines and two ablations, all tested on DATA's test images, with paired tests.
@@ -392,7 +445,8 @@ def compare(data: Path, augmented: Path | None, models: tuple[str, ...], out: Pa
     _check_out(out, data, augmented)
     with _one_line_errors():
         result = compare_runs(data, augmented, out, models=selected or None,
-                              train_config=TrainConfig(**options), n_bootstrap=n_bootstrap,
+                              train_config=_train_config(ctx, options),
+                              n_bootstrap=n_bootstrap,
                               positive=positive, progress=not quiet)
     if as_json:
         summary = {"reference": result.reference, "trained": result.trained,

@@ -140,8 +140,9 @@ def compare(
         report_dir: gets ``runs/``, ``results.csv``, ``results.md``, ``compare.json`` and the
             figures.
         models: a subset, see `select_runs`; None for the paper's seven runs.
-        train_config: options of every run (its ``model`` is replaced per run); the paper's
-            recipe by default. Its seed also seeds the bootstrap.
+        train_config: options of every run (its ``model`` is replaced per run), resolved
+            once (`TrainConfig.resolved`); the paper's recipe by default. Its seed also seeds
+            the bootstrap.
         positive: positive class of a two-class task; default the training minority.
 
     Every option, folder and the data are checked before the first run is trained.
@@ -152,6 +153,8 @@ def compare(
     """
     config = train_config or TrainConfig()
     config.validate()
+    # Once for every run: the same recipe values for each model, recorded in compare.json.
+    config = config.resolved()
     data_dir, report_dir = Path(data_dir), Path(report_dir)
     augmented_dir = None if augmented_dir is None else Path(augmented_dir)
     runs, skipped = select_runs(models, has_augmented=augmented_dir is not None)

@@ -32,6 +32,9 @@ __all__ = ["DEFAULT_Q_DEVICE", "LR_SCHEDULES", "MAX_IMAGE_SIZE", "MAX_QLAYERS", 
            "run_is_complete"]
 
 _VERSIONED_PACKAGES = ("qclassify", "torch", "torchvision", "pennylane", "numpy", "scikit-learn")
+# What a run recorded before an option existed: every version before recipes trained with
+# the paper's recipe, whatever its weights.
+_BEFORE_RECIPES = TrainConfig(recipe="paper").resolved()
 
 
 def run_is_complete(
@@ -40,8 +43,9 @@ def run_is_complete(
     """True when `run_dir` holds a finished `fit` with the same options (and data, if given).
 
     Device and number of workers are not compared: they change where a run is computed, not
-    what it computes. An option missing from an older ``config.json`` counts as its default
-    (it did not exist yet, and its default reproduces what that version did).
+    what it computes. `config` is compared with its recipe applied (`TrainConfig.resolved`).
+    An option missing from an older ``config.json`` counts as the paper recipe's value (it
+    did not exist yet, and that value reproduces what that version did).
     """
     return RunFolder(run_dir).is_trained() and records_same_run(run_dir, config, data_dir)
 
@@ -57,8 +61,8 @@ def records_same_run(
         return False
     if not stored:
         return False
-    wanted = _comparable_options(config)
-    found = _comparable_options({**asdict(TrainConfig()), **stored.get("options", {})})
+    wanted = _comparable_options(config.resolved())
+    found = _comparable_options({**asdict(_BEFORE_RECIPES), **stored.get("options", {})})
     same_data = data_dir is None or stored.get("data_dir") == str(Path(data_dir).resolve())
     return found == wanted and same_data
 
@@ -72,7 +76,7 @@ def run_info(
     original_counts = train_original_counts(dataset)
     positive = default_positive_class(dataset)
     return {
-        "options": asdict(config),
+        "options": asdict(config.resolved()),  # the values training used
         "data_dir": str(data_dir),
         "layout": dataset.layout,
         "class_names": list(dataset.class_names),

@@ -102,14 +102,17 @@ def _rebuild_model(model_path: Path, checkpoint: dict) -> nn.Module:
     failure."""
     # Checkpoints written before the device was an option used PennyLane's default.qubit.
     q_device = checkpoint.get("q_device", DEFAULT_Q_DEVICE)
+    # Checkpoints written before --stem existed used the standard stem.
     settings = TrainConfig(model=checkpoint["model"], qubits=checkpoint["n_qubits"],
                            qlayers=checkpoint["n_layers"], q_backend=checkpoint["q_backend"],
-                           q_device=q_device, image_size=checkpoint["image_size"])
+                           q_device=q_device, image_size=checkpoint["image_size"],
+                           stem=checkpoint.get("stem", "standard"))
     try:
         settings.validate()
         model = build_model(settings.model, len(checkpoint["class_names"]), weights="none",
                             n_qubits=settings.qubits, n_layers=settings.qlayers,
-                            q_backend=settings.q_backend, q_device=settings.q_device)
+                            q_backend=settings.q_backend, q_device=settings.q_device,
+                            stem=settings.stem)
         model.load_state_dict(checkpoint["state_dict"])
     except (ValueError, TypeError, RuntimeError, MemoryError) as err:
         # load_state_dict lists every mismatched tensor: its first line says enough.

@@ -25,7 +25,7 @@ from qclassify.hub_weights import (
     read_state_dict,
     unusable_checkpoint,
 )
-from qclassify.options import MIN_IMAGE_SIZE, MODEL_NAMES, check_image_size
+from qclassify.options import AUTO_STEM, MIN_IMAGE_SIZE, MODEL_NAMES, STEMS, check_image_size
 from qclassify.quantum import QuantumFeatureLayer
 
 __all__ = [
@@ -56,18 +56,32 @@ _DENSENET_LEGACY_KEY = re.compile(
 
 @dataclass(frozen=True)
 class Architecture:
-    """How to build one model: its torchvision network and the classifier layer to replace."""
+    """How to build one model: its torchvision network, the classifier layer to replace, and
+    what the low-resolution stem (``stem="lowres"``) changes: the first convolution's stride
+    becomes 1 and the first max pool (if any) an identity. Neither holds parameters, so every
+    checkpoint of the standard stem still loads."""
 
     torchvision_name: str
     head: str | None  # dotted path of the final Linear; None for the quantum model
+    stem_conv: str | None = None  # dotted path of the strided first convolution
+    stem_pool: str | None = None  # dotted path of the first max pool
 
 
+# Low-resolution stems, as the CIFAR variants of these networks (which also shrink ResNet's
+# 7x7 conv1 to 3x3; here only strides change, so ImageNet weights keep their shapes):
+#   qmobilenet, mobilenet_v2: features[0][0] (3x3, stride 2) -> stride 1.
+#   resnet18: conv1 (7x7, stride 2) -> stride 1 and the 3x3 max pool after it removed.
+#   densenet121: features.conv0 (7x7, stride 2) -> stride 1 and features.pool0 removed.
+#   vgg16: no strided convolution; its first max pool (features[4]) is removed.
+# Each removes a factor 2 (ResNet and DenseNet: 4) of downsampling: a 32 px image ends in a
+# 2x2 (8x8) feature map instead of 1x1.
 ARCHITECTURES = {
-    "qmobilenet": Architecture("mobilenet_v2", head=None),
-    "mobilenet_v2": Architecture("mobilenet_v2", head="classifier.1"),
-    "resnet18": Architecture("resnet18", head="fc"),
-    "densenet121": Architecture("densenet121", head="classifier"),
-    "vgg16": Architecture("vgg16", head="classifier.6"),
+    "qmobilenet": Architecture("mobilenet_v2", head=None, stem_conv="features.0.0"),
+    "mobilenet_v2": Architecture("mobilenet_v2", head="classifier.1", stem_conv="features.0.0"),
+    "resnet18": Architecture("resnet18", head="fc", stem_conv="conv1", stem_pool="maxpool"),
+    "densenet121": Architecture("densenet121", head="classifier", stem_conv="features.conv0",
+                                stem_pool="features.pool0"),
+    "vgg16": Architecture("vgg16", head="classifier.6", stem_pool="features.4"),
 }
 
 
@@ -148,6 +162,7 @@ def build_model(
     n_layers: int = 2,
     q_backend: str = "torch",
     q_device: str = "default.qubit",
+    stem: str = "standard",
 ) -> nn.Module:
     """Build a model of `MODEL_NAMES` with `num_classes` outputs.
 
@@ -158,6 +173,8 @@ def build_model(
             or a qclassify ``model.pt`` checkpoint.
         n_qubits, n_layers, q_backend, q_device: the quantum layer of ``"qmobilenet"``
             (ignored otherwise); `q_device` is the PennyLane device of ``q_backend="pennylane"``.
+        stem: ``"standard"``, ``"lowres"`` (no first downsampling, see `ARCHITECTURES`) or
+            ``"auto"`` (`AUTO_STEM`).
 
     Raises:
         ValueError: unknown name or weights, fewer than two classes, a weights file that does
@@ -167,6 +184,8 @@ def build_model(
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     if num_classes < 2:
         raise ValueError(f"a classifier needs at least two classes; got {num_classes}")
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
     weights_file = _weights_file(weights)
     architecture = ARCHITECTURES[name]
     tv_weights = imagenet_weights(architecture.torchvision_name) if weights == "imagenet" else None
@@ -176,6 +195,8 @@ def build_model(
     else:
         model = _torchvision_model(architecture.torchvision_name, tv_weights)
         _replace_linear(model, architecture.head, num_classes)
+    if (AUTO_STEM if stem == "auto" else stem) == "lowres":
+        _use_lowres_stem(model, architecture)
     if weights_file is not None:
         load_weights_file(model, weights_file)
     return model
@@ -191,10 +212,22 @@ def _weights_file(weights: str | Path) -> Path | None:
 
 
 def _replace_linear(model: nn.Module, dotted_path: str, num_classes: int) -> None:
-    parent_path, _, attribute = dotted_path.rpartition(".")
     old = model.get_submodule(dotted_path)
+    _replace_module(model, dotted_path, nn.Linear(old.in_features, num_classes))
+
+
+def _replace_module(model: nn.Module, dotted_path: str, new: nn.Module) -> None:
+    parent_path, _, attribute = dotted_path.rpartition(".")
     # setattr also replaces a numbered child of nn.Sequential ("classifier.1").
-    setattr(model.get_submodule(parent_path), attribute, nn.Linear(old.in_features, num_classes))
+    setattr(model.get_submodule(parent_path), attribute, new)
+
+
+def _use_lowres_stem(model: nn.Module, architecture: Architecture) -> None:
+    """Remove the first downsampling of `model` in place (see `ARCHITECTURES`)."""
+    if architecture.stem_conv is not None:
+        model.get_submodule(architecture.stem_conv).stride = (1, 1)
+    if architecture.stem_pool is not None:
+        _replace_module(model, architecture.stem_pool, nn.Identity())
 
 
 def load_weights_file(model: nn.Module, path: str | Path) -> None:

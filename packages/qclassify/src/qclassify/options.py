@@ -4,10 +4,12 @@ torch: the command line builds its help and checks its options from here, so ``q
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-__all__ = ["BACKENDS", "DEFAULT_Q_DEVICE", "INTERRUPTED_EXIT_CODE", "INTERRUPTED_MESSAGE", "LR_SCHEDULES", "MAX_IMAGE_SIZE", "MAX_QLAYERS",
-           "MAX_QUBITS", "MIN_IMAGE_SIZE", "MODEL_NAMES", "OptionError", "PLACEMENT_OPTIONS",
+__all__ = ["AUTO_STEM", "BACKENDS", "DEFAULT_Q_DEVICE", "INTERRUPTED_EXIT_CODE",
+           "INTERRUPTED_MESSAGE", "LR_SCHEDULES", "MAX_IMAGE_SIZE", "MAX_QLAYERS", "MAX_QUBITS",
+           "MIN_IMAGE_SIZE", "MODEL_NAMES", "MONITORS", "OPTIMIZERS", "OptionError",
+           "PLACEMENT_OPTIONS", "RECIPES", "RECIPE_CHOICES", "RECIPE_FIELDS", "STEMS",
            "THRESHOLD_RULES", "TrainConfig", "check_image_size"]
 
 # The models of `qclassify.models.ARCHITECTURES` (a test keeps the two in step).
@@ -52,6 +54,31 @@ DEFAULT_Q_DEVICE = "default.qubit"
 # Youden-optimal threshold on the positive-class probability.
 THRESHOLD_RULES = ("argmax", "youden")
 LR_SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adam", "adamw")  # torch.optim.Adam (L2 in the gradient), AdamW (decoupled decay)
+# The validation metric that picks the best epoch and drives early stopping.
+MONITORS = ("val_loss", "val_auc")
+# The first downsampling of a backbone: "lowres" removes it (stride 1, as the CIFAR variants
+# of these networks do), so small images keep twice the resolution through the network; see
+# `qclassify.models.ARCHITECTURES` for what each model changes. "auto" is `AUTO_STEM`.
+STEMS = ("auto", "standard", "lowres")
+AUTO_STEM = "standard"
+
+# Training recipes: the values of `RECIPE_FIELDS` that a `TrainConfig` leaves unset (None).
+# "paper" is section 2.5's fine-tuning recipe; "scratch" trains a randomly initialised network
+# (initial values, to be tuned by measurement). "auto" picks paper for pretrained weights
+# (imagenet or a file) and scratch for --weights none.
+RECIPES: dict[str, dict[str, object]] = {
+    "paper": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-4, "warmup_epochs": 0,
+              "lr_schedule": "constant", "epochs": 30, "batch_size": 16,
+              "monitor": "val_loss", "patience": 5, "label_smoothing": 0.0,
+              "stem": "standard", "augment": False, "threshold": "argmax"},
+    "scratch": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 3,
+                "lr_schedule": "cosine", "epochs": 40, "batch_size": 32,
+                "monitor": "val_auc", "patience": 15, "label_smoothing": 0.0,
+                "stem": "auto", "augment": False, "threshold": "argmax"},
+}
+RECIPE_CHOICES = ("auto", *RECIPES)
+RECIPE_FIELDS = tuple(RECIPES["paper"])
 # Upper bounds that keep a model buildable in memory, checked before any tensor is allocated
 # (a crafted checkpoint or option must give an error, not an allocator failure): n qubits need
 # Linear(1280, 2^n), 335 MB of weights at n = 16; the paper uses n = 8 and L = 2.
@@ -63,31 +90,85 @@ MAX_IMAGE_SIZE = 4096
 
 @dataclass
 class TrainConfig:
-    """Every option of ``qclassify fit``; the defaults are the paper's recipe (section 2.5)."""
+    """Every option of ``qclassify fit``.
+
+    The options of `RECIPE_FIELDS` default to None: "take it from the recipe". `resolved()`
+    fills them from `RECIPES[recipe]` (``recipe="auto"``: paper with pretrained weights,
+    scratch with ``weights="none"``), so ``TrainConfig(recipe="scratch", lr=3e-4)`` is the
+    scratch recipe with another learning rate, and ``TrainConfig()`` is the paper's recipe
+    (section 2.5). Training uses, and config.json records, the resolved options.
+    """
 
     model: str = "qmobilenet"
     qubits: int = 4
     qlayers: int = 2
     q_backend: str = "torch"
     q_device: str = DEFAULT_Q_DEVICE  # the PennyLane device of q_backend="pennylane"
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    patience: int = 5
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    patience: int | None = None
     image_size: int = 224
     weights: str = "imagenet"
     seed: int = 0
-    augment: bool = False  # random flips and small affine maps of training images
-    threshold: str = "argmax"  # or "youden": a decision threshold tuned on validation
-    lr_schedule: str = "constant"  # or "cosine": annealed to 0 over --epochs
+    augment: bool | None = None  # random flips and small affine maps of training images
+    threshold: str | None = None  # "argmax" or "youden": a decision threshold tuned on validation
+    lr_schedule: str | None = None  # "constant" or "cosine": annealed to 0 over --epochs
     device: str = "auto"
     num_workers: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    recipe: str = "auto"
+    optimizer: str | None = None
+    warmup_epochs: int | None = None  # linear warmup epochs before the lr schedule
+    monitor: str | None = None
+    label_smoothing: float | None = None  # of the training cross-entropy
+    stem: str | None = None
+
+    def recipe_name(self) -> str:
+        """The recipe `resolved` applies: `recipe`, with "auto" decided by `weights`."""
+        if self.recipe not in RECIPE_CHOICES:
+            raise OptionError(f"must be one of {', '.join(RECIPE_CHOICES)}; got {self.recipe!r}",
+                              "recipe")
+        if self.recipe != "auto":
+            return self.recipe
+        return "scratch" if str(self.weights) == "none" else "paper"
+
+    def resolved(self) -> TrainConfig:
+        """This config with every unset recipe option taken from its recipe, `recipe` set to
+        the recipe's name and a ``stem`` of "auto" made concrete; resolving again changes
+        nothing."""
+        name = self.recipe_name()
+        unset = {field: value for field, value in RECIPES[name].items()
+                 if getattr(self, field) is None}
+        config = replace(self, recipe=name, **unset)
+        return replace(config, stem=AUTO_STEM) if config.stem == "auto" else config
+
+    def recipe_summary(self) -> str:
+        """One line naming the recipe, why it was chosen and every resolved recipe value
+        ("recipe scratch (from --weights none): adamw lr 0.001 wd 0.05, warmup 3 + cosine,
+        ...")."""
+        config = self.resolved()
+        reason = f"--recipe {self.recipe}" if self.recipe != "auto" else f"from --weights {self.weights}"
+        given = [field for field in RECIPE_FIELDS if getattr(self, field) is not None]
+        schedule = (f"warmup {config.warmup_epochs} + {config.lr_schedule}"
+                    if config.warmup_epochs else config.lr_schedule)
+        stop_on = "val AUC" if config.monitor == "val_auc" else "val loss"
+        return (f"recipe {config.recipe} ({reason}): {config.optimizer} lr {config.lr:g} "
+                f"wd {config.weight_decay:g}, {schedule}, {config.epochs} epochs, "
+                f"batch {config.batch_size}, early stop on {stop_on}, patience "
+                f"{config.patience}, label smoothing {config.label_smoothing:g}, stem "
+                f"{config.stem}, {'augment' if config.augment else 'no augment'}, threshold "
+                f"{config.threshold}"
+                + (f"; set explicitly: {', '.join(given)}" if given else ""))
 
     def validate(self) -> None:
-        """Raise OptionError naming the first option with an impossible value."""
+        """Raise OptionError naming the first option with an impossible value (the recipe
+        applied first: see `resolved`)."""
+        self.resolved()._validate_resolved()
+
+    def _validate_resolved(self) -> None:
         if self.model not in MODEL_NAMES:
             raise OptionError(f"{self.model!r} is unknown; choose one of {', '.join(MODEL_NAMES)}",
                               "model")
@@ -115,6 +196,17 @@ class TrainConfig:
                               f"got {self.lr_schedule!r}", "lr_schedule")
         if not self.q_device:
             raise OptionError("must name a PennyLane device, e.g. default.qubit", "q_device")
+        for name, choices in (("optimizer", OPTIMIZERS), ("monitor", MONITORS),
+                              ("stem", STEMS)):
+            if getattr(self, name) not in choices:
+                raise OptionError(f"must be one of {', '.join(choices)}; "
+                                  f"got {getattr(self, name)!r}", name)
+        if not (isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0):
+            raise OptionError(f"must be a whole number, 0 or more; got {self.warmup_epochs!r}",
+                              "warmup_epochs")
+        if not 0 <= self.label_smoothing < 1:
+            raise OptionError(f"must be in [0, 1); got {self.label_smoothing!r}",
+                              "label_smoothing")
         check_image_size(self.image_size)
 
 

@@ -1,8 +1,9 @@
-"""Training with the recipe of section 2.5, writing a run folder (DESIGN.md).
+"""Training with a recipe (`qclassify.options.RECIPES`), writing a run folder (DESIGN.md).
 
-Cross-entropy (eq. 15) with Adam(lr 1e-4, betas 0.9/0.999, weight decay 1e-4); the L2 term of
-eq. 15 is Adam's weight decay. Training stops when the validation loss has not improved for
-`patience` epochs, and the best epoch's weights are restored and saved.
+The paper's recipe (section 2.5): cross-entropy (eq. 15) with Adam(lr 1e-4, betas 0.9/0.999,
+weight decay 1e-4); the L2 term of eq. 15 is Adam's weight decay. Training stops when the
+monitored validation metric (the loss, or the AUC) has not improved for `patience` epochs,
+and the best epoch's weights are restored and saved.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from qclassify.devices import resolve_device
 from qclassify.images import ImageDataset
 from qclassify.metrics import youden_threshold
 from qclassify.models import build_model
+from qclassify.optim import is_better_epoch, make_optimizer, make_scheduler
 from qclassify.options import OptionError
 from qclassify.runfolder import MODEL_FILE, RUN_FILES, RunFolder, check_separate
 
@@ -123,12 +125,16 @@ def fit(
             uninterrupted run's.
         on_epoch: called with each epoch's record as soon as the epoch ends.
 
+    `config` is resolved first (`TrainConfig.resolved`): its recipe fills the options it
+    leaves unset, and config.json records the result.
+
     Raises:
         ValueError: bad options, bad data (see `discover_dataset`), an occupied run folder, a
             run folder inside the data folder or the data folder inside it.
         WeightsUnavailableError: ImageNet weights requested but not downloadable.
     """
     config.validate()
+    config = config.resolved()
     device = resolve_device(config.device)
     data_dir, run_dir = Path(data_dir).resolve(), Path(run_dir)
     check_separate(run_dir, data_dir)
@@ -145,7 +151,7 @@ def fit(
     model = build_model(
         config.model, len(dataset.class_names), weights=config.weights,
         n_qubits=config.qubits, n_layers=config.qlayers, q_backend=config.q_backend,
-        q_device=config.q_device,
+        q_device=config.q_device, stem=config.stem,
     )
     info = run_info(data_dir, config, dataset, model, device)
     if resume:
@@ -174,6 +180,7 @@ def fit(
         "q_backend": config.q_backend,
         "q_device": config.q_device,
         "image_size": config.image_size,
+        "stem": config.stem,
         "positive_class": info["positive_class"],
         "decision_threshold": threshold,
         "decision_rule_note": threshold_note,
@@ -202,6 +209,7 @@ class _Progress:
     history: list[EpochRecord] = field(default_factory=list)
     best_epoch: int = 0
     best_loss: float = math.inf
+    best_auc: float = -math.inf  # of the best epoch
     best_state: dict[str, torch.Tensor] | None = None
     best_val: tuple[np.ndarray, np.ndarray] | None = None  # labels, probabilities
 
@@ -238,13 +246,9 @@ def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device:
     val_images = ImageDataset(dataset.paths(val_samples), None, config.image_size, cache=True)
     val_labels = torch.as_tensor(dataset.labels(val_samples))
     model.to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay
-    )
-    # Cosine annealing (torch's CosineAnnealingLR, stepped once per epoch) from --lr to 0 at
-    # the last of --epochs; early stopping may end training before that.
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-                 if config.lr_schedule == "cosine" else None)
+    optimizer = make_optimizer(model.parameters(), config)
+    # Stepped once per epoch; early stopping may end training before the schedule does.
+    scheduler = make_scheduler(optimizer, config)
     state = (_restore(folder, model, optimizer, scheduler, device) if resume
              else _Progress())
     for epoch in range(len(state.history) + 1, config.epochs + 1):
@@ -253,7 +257,8 @@ def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device:
         start = time.perf_counter()
         train_loader.sampler.set_epoch(epoch)
         train_loss = _train_epoch(model, train_loader, optimizer, device,
-                                  progress=progress, desc=f"epoch {epoch}/{config.epochs}")
+                                  progress=progress, desc=f"epoch {epoch}/{config.epochs}",
+                                  label_smoothing=config.label_smoothing)
         if scheduler is not None:
             scheduler.step()
         # The same computation as evaluate/predict on model.pt (batches.predict_proba), so the
@@ -271,8 +276,10 @@ def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device:
             seconds=time.perf_counter() - start,
         )
         state.history.append(record)
-        if val_loss < state.best_loss:
-            state.best_epoch, state.best_loss, state.best_val = epoch, val_loss, (labels, proba)
+        if is_better_epoch(config.monitor, val_loss, record.val_auc, state.best_loss,
+                           state.best_auc):
+            state.best_epoch, state.best_val = epoch, (labels, proba)
+            state.best_loss, state.best_auc = val_loss, record.val_auc
             state.best_state = _cpu_copy(model.state_dict())
         folder.write_history(HISTORY_COLUMNS, (asdict(r) for r in state.history))
         _save(folder, state, model, optimizer, scheduler)
@@ -301,6 +308,7 @@ def _save(folder: RunFolder, state: _Progress, model: nn.Module, optimizer: torc
         "history": [asdict(record) for record in state.history],
         "best_epoch": state.best_epoch,
         "best_loss": state.best_loss,
+        "best_auc": state.best_auc,
         "best_state": state.best_state,
         "best_val_labels": None if labels is None else torch.from_numpy(labels),
         "best_val_proba": None if proba is None else torch.from_numpy(proba),
@@ -326,8 +334,10 @@ def _restore(folder: RunFolder, model: nn.Module, optimizer: torch.optim.Optimiz
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
     best_val = (None if saved["best_val_labels"] is None
                 else (saved["best_val_labels"].numpy(), saved["best_val_proba"].numpy()))
+    # States saved before --monitor existed monitored the loss: their best AUC is unused.
     return _Progress([EpochRecord(**row) for row in saved["history"]], saved["best_epoch"],
-                     saved["best_loss"], saved["best_state"], best_val)
+                     saved["best_loss"], saved.get("best_auc", -math.inf), saved["best_state"],
+                     best_val)
 
 
 def _decision_rule(
@@ -350,15 +360,17 @@ def _decision_rule(
     return threshold, None
 
 
-def _train_epoch(model, loader, optimizer, device, *, progress: bool, desc: str) -> float:
-    """One pass over `loader`; the mean cross-entropy (eq. 15 without its L2 term) per image."""
+def _train_epoch(model, loader, optimizer, device, *, progress: bool, desc: str,
+                 label_smoothing: float = 0.0) -> float:
+    """One pass over `loader`; the mean cross-entropy (eq. 15 without its L2 term) per image,
+    with `label_smoothing` (the validation loss is never smoothed: it measures the model)."""
     model.train()
     total_loss, n_images = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
     for images, labels in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device)
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(images), labels)
+        loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
         loss.backward()
         optimizer.step()
         total_loss += loss.item() * len(labels)
