@@ -41,7 +41,7 @@ def test_fit_writes_the_run_folder(image_folder, tmp_path):
     assert sorted(p.name for p in run.iterdir()) == [
         "config.json", "history.csv", "model.pt", "split.csv"]
     stored = json.loads((run / "config.json").read_text())
-    assert stored["options"] == json.loads(json.dumps(vars(config)))
+    assert stored["options"] == json.loads(json.dumps(vars(config.resolved())))
     assert stored["class_names"] == ["normal", "stenosis"]
     assert stored["positive_class"] == "stenosis"  # the training minority
     assert stored["data_dir"] == str(image_folder.resolve())
@@ -103,7 +103,7 @@ def test_early_stopping_restores_the_best_epoch(image_folder, tmp_path, monkeypa
         return fake, seconds
 
     monkeypatch.setattr(train_module, "predict_dataset_logits", scripted_predict)
-    config = TrainConfig(**{**TINY, "epochs": 6, "patience": 2})
+    config = TrainConfig(**{**TINY, "epochs": 6, "patience": 2}, recipe="paper")
     result = fit(image_folder, tmp_path / "run", config, progress=False)
     assert [r.epoch for r in result.history] == [1, 2, 3, 4]
     assert [r.val_loss for r in result.history] == pytest.approx(scripted[:4], abs=1e-6)
@@ -118,7 +118,7 @@ def test_early_stopping_restores_the_best_epoch(image_folder, tmp_path, monkeypa
 def test_saved_model_reproduces_the_best_validation_loss(image_folder, tmp_path):
     """Same-seed rederivation: the validation loss of the saved model, recomputed from the
     split, equals the lowest validation loss in history.csv."""
-    config = TrainConfig(**{**TINY, "epochs": 3, "patience": 1})
+    config = TrainConfig(**{**TINY, "epochs": 3, "patience": 1}, recipe="paper")
     result = fit(image_folder, tmp_path / "run", config, progress=False)
     run = load_run(tmp_path / "run", device="cpu")
     val = [s for s in read_split_csv(tmp_path / "run" / "split.csv") if s.split == "val"]
@@ -290,7 +290,8 @@ def test_learning_rate_schedule(image_folder, tmp_path, monkeypatch, schedule):
         return real_epoch(model, loader, optimizer, device, **kwargs)
 
     monkeypatch.setattr(train_module, "_train_epoch", recording_epoch)
-    config = TrainConfig(**{**TINY, "epochs": 3, "patience": 5}, lr=1e-3, lr_schedule=schedule)
+    config = TrainConfig(**{**TINY, "epochs": 3, "patience": 5}, lr=1e-3, lr_schedule=schedule,
+                         recipe="paper")
     fit(image_folder, tmp_path / "run", config, progress=False)
     expected = [1e-3 if schedule == "constant" else 1e-3 * (1 + math.cos(math.pi * e / 3)) / 2
                 for e in range(3)]
