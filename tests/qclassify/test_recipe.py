@@ -22,6 +22,7 @@ from qclassify.models import MODEL_NAMES, build_model  # noqa: E402
 from qclassify.options import RECIPE_FIELDS, RECIPES, TrainConfig  # noqa: E402
 from qclassify.train import fit  # noqa: E402
 
+pytestmark = pytest.mark.slow
 TINY = dict(epochs=2, batch_size=4, image_size=32, weights="none", device="cpu")
 CLI_TINY = ["--image-size", "32", "--batch-size", "4", "--device", "cpu", "--quiet"]
 RATE_RTOL = 1e-12  # the same float64 arithmetic, in another order

@@ -46,8 +46,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> LRS
     warmup = config.warmup_epochs
     ramp = (LinearLR(optimizer, start_factor=1 / (warmup + 1), end_factor=1.0,
                      total_iters=warmup) if warmup else None)
-    cosine = (CosineAnnealingLR(optimizer, T_max=max(1, config.epochs - warmup))
-              if config.lr_schedule == "cosine" else None)
+    # A warmup as long as the run leaves no epoch to anneal.
+    cosine = (CosineAnnealingLR(optimizer, T_max=config.epochs - warmup)
+              if config.lr_schedule == "cosine" and config.epochs > warmup else None)
     if ramp is None or cosine is None:  # LinearLR keeps the full rate once its ramp is done
         return ramp or cosine
     return SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
