@@ -46,6 +46,7 @@ from qclassify.runfolder import MODEL_FILE, RUN_FILES, RunFolder, check_separate
 __all__ = [
     "CHECKPOINT_FORMAT",
     "HISTORY_COLUMNS",
+    "TRAINING_MEMORY_FORMAT",
     "EpochRecord",
     "FitResult",
     "fit",
@@ -53,6 +54,10 @@ __all__ = [
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "seconds")
 CHECKPOINT_FORMAT = 1
+# Training's layout of images and convolution weights: NHWC made a CPU training step of
+# mobilenet_v2 (64 px, batch 32, one thread) about a quarter faster in interleaved runs.
+# Saved weights are the same tensors whatever the layout.
+TRAINING_MEMORY_FORMAT = torch.channels_last
 TRAINING_STATE_FORMAT = 1
 # Hidden folder inside a run folder where an --overwrite run is trained until it is finished.
 _STAGING_PREFIX = ".fit-"
@@ -245,7 +250,7 @@ def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device:
     # Decoded and resized once for the whole run, like the training images (`ImageDataset`).
     val_images = ImageDataset(dataset.paths(val_samples), None, config.image_size, cache=True)
     val_labels = torch.as_tensor(dataset.labels(val_samples))
-    model.to(device)
+    model.to(device, memory_format=TRAINING_MEMORY_FORMAT)
     optimizer = make_optimizer(model.parameters(), config)
     # Stepped once per epoch; early stopping may end training before the schedule does.
     scheduler = make_scheduler(optimizer, config)
@@ -368,7 +373,8 @@ def _train_epoch(model, loader, optimizer, device, *, progress: bool, desc: str,
     total_loss, n_images = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
     for images, labels in bar:
-        images, labels = images.to(device, non_blocking=True), labels.to(device)
+        images = images.to(device, non_blocking=True, memory_format=TRAINING_MEMORY_FORMAT)
+        labels = labels.to(device)
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
         loss.backward()
