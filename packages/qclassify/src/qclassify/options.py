@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BACKENDS", "DEFAULT_Q_DEVICE", "INTERRUPTED_EXIT_CODE", "INTERRUPTED_MESSAGE", "LR_SCHEDULES", "MAX_IMAGE_SIZE", "MAX_QLAYERS",
+__all__ = ["BACKENDS", "DEFAULT_Q_DEVICE", "FRAME_CHOICES", "INTERRUPTED_EXIT_CODE", "INTERRUPTED_MESSAGE", "LR_SCHEDULES", "MAX_IMAGE_SIZE", "MAX_QLAYERS",
            "MAX_QUBITS", "MIN_IMAGE_SIZE", "MODEL_NAMES", "OptionError", "PLACEMENT_OPTIONS",
-           "THRESHOLD_RULES", "TrainConfig", "check_image_size"]
+           "THRESHOLD_RULES", "TrainConfig", "check_image_size", "check_window"]
 
 # The models of `qclassify.models.ARCHITECTURES` (a test keeps the two in step).
 MODEL_NAMES = ("qmobilenet", "mobilenet_v2", "resnet18", "densenet121", "vgg16")
@@ -52,6 +52,9 @@ DEFAULT_Q_DEVICE = "default.qubit"
 # Youden-optimal threshold on the positive-class probability.
 THRESHOLD_RULES = ("argmax", "youden")
 LR_SCHEDULES = ("constant", "cosine")
+# DICOM/NIfTI multi-frame files: the middle frame, or every frame as a sample (diffaug.medical's
+# FRAME_CHOICES; a test keeps the two in step).
+FRAME_CHOICES = ("middle", "all")
 # Upper bounds that keep a model buildable in memory, checked before any tensor is allocated
 # (a crafted checkpoint or option must give an error, not an allocator failure): n qubits need
 # Linear(1280, 2^n), 335 MB of weights at n = 16; the paper uses n = 8 and L = 2.
@@ -85,6 +88,8 @@ class TrainConfig:
     num_workers: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    frames: str = "middle"  # or "all": every frame of a multi-frame DICOM/NIfTI file
+    window: tuple[float, float] | None = None  # (center, width) replacing DICOM files' window
 
     def validate(self) -> None:
         """Raise OptionError naming the first option with an impossible value."""
@@ -113,9 +118,19 @@ class TrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise OptionError(f"must be one of {', '.join(LR_SCHEDULES)}; "
                               f"got {self.lr_schedule!r}", "lr_schedule")
+        if self.frames not in FRAME_CHOICES:
+            raise OptionError(f"must be one of {', '.join(FRAME_CHOICES)}; got {self.frames!r}",
+                              "frames")
+        check_window(self.window)
         if not self.q_device:
             raise OptionError("must name a PennyLane device, e.g. default.qubit", "q_device")
         check_image_size(self.image_size)
+
+
+def check_window(window: tuple[float, float] | None) -> None:
+    """Raise OptionError unless `window` is None or (center, width) with a positive width."""
+    if window is not None and not (len(window) == 2 and window[1] > 0):
+        raise OptionError(f"must be CENTER,WIDTH with a positive width; got {window}", "window")
 
 
 def check_image_size(image_size: int) -> None:
