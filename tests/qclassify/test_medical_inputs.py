@@ -21,7 +21,6 @@ nibabel = pytest.importorskip("nibabel")
 from click.testing import CliRunner  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
-
 from qclassify import medical as qmedical  # noqa: E402
 from qclassify.cli import main  # noqa: E402
 from qclassify.data import discover_dataset, group_of  # noqa: E402
@@ -70,7 +69,8 @@ def invoke(*args):
 
 def test_frame_choices_match_diffaug():
     """Contract: qclassify's torch-free option table is diffaug.medical's."""
-    from diffaug.medical import DICOM_SUFFIXES, FRAME_CHOICES as DIFFAUG_FRAMES, NIFTI_SUFFIXES
+    from diffaug.medical import DICOM_SUFFIXES, NIFTI_SUFFIXES
+    from diffaug.medical import FRAME_CHOICES as DIFFAUG_FRAMES
 
     assert FRAME_CHOICES == DIFFAUG_FRAMES
     assert qmedical.MEDICAL_SUFFIXES == DICOM_SUFFIXES + NIFTI_SUFFIXES
