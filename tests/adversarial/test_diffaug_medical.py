@@ -51,6 +51,15 @@ def _dicom_classes(root: Path, counts=(("a", 4), ("b", 2))) -> Path:
     return root
 
 
+def _fake_dicom_classes(root: Path) -> Path:
+    """Files that look like DICOM (preamble + DICM) without pydicom: enough to be detected."""
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for index in range(4):
+            (root / name / f"{name}{index}.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    return root
+
+
 def _tree_digest(root: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
@@ -70,7 +79,7 @@ def _one_line(result) -> str:
 def test_balance_without_the_extra_names_it(tmp_path, monkeypatch):
     """Failure: without pydicom a DICOM folder was "no readable images". Now one line names
     `pip install 'diffaug[dicom]'`, exit 1, OUT not created, IN unchanged."""
-    data = _dicom_classes(tmp_path / "in")
+    data = _fake_dicom_classes(tmp_path / "in")
     before = _tree_digest(data)
     monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom raises ImportError
     result = CliRunner().invoke(main, ["balance", str(data), str(tmp_path / "out"),
@@ -86,7 +95,7 @@ def test_fid_without_the_extra_names_it(tmp_path, monkeypatch):
     named before anything is computed."""
     from diffaug.fid.images import list_images
 
-    data = _dicom_classes(tmp_path / "in")
+    data = _fake_dicom_classes(tmp_path / "in")
     assert [p.name for p in list_images(data / "a")] == ["a0.dcm", "a1.dcm", "a2.dcm", "a3.dcm"]
     monkeypatch.setitem(sys.modules, "pydicom", None)
     from diffaug.medical import MedicalExtraMissingError, read_unit
