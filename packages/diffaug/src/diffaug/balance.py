@@ -2,7 +2,8 @@
 
 IN is read by :func:`diffaug.layout.read_input_folder` (layouts, what is copied, skipped or
 not used as a synthesis source). OUT mirrors IN with byte-identical originals; synthetic images
-``syn_<source-stem>_<k>.png`` sit beside them. Each synthetic image has its own seed (see
+``syn_<source-stem>_<k>.png`` (DICOM/NIfTI sources: their own format and extension) sit
+beside them. Each synthetic image has its own seed (see
 :func:`diffaug.augment.plan_samples`), so the output, run record included, does not depend on
 the number of workers. ``diffaug-run.json`` is written first and the manifest last: a finished
 OUT is recognised, verified and left alone when the same command runs again (the lock, what a
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from diffaug.augment import DiffusionAugmentor, as_ratio, plan_samples, plan_synthesis
+from diffaug.derived import synthesize_medical, synthetic_name
 from diffaug.io import (
     MANIFEST_NAME,
     RUN_RECORD_NAME,
@@ -39,6 +41,7 @@ from diffaug.io import (
     write_manifest,
 )
 from diffaug.layout import BalanceInputError, InputFolder, SkippedFile, read_input_folder
+from diffaug.medical import is_medical
 from diffaug.options import check_schedule
 from diffaug.outfolder import (
     OutputFolderBusyError,
@@ -148,7 +151,7 @@ def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | st
                                                         parallel_map)
                 if not already_done:
                     n_copied, n_synthetic = _write_output(
-                        in_dir, out_dir, inputs, record, rows, partial(_synthesize, settings),
+                        in_dir, out_dir, inputs, record, rows, partial(_synthesize, settings, seed),
                         jobs, parallel_map, progress or _no_progress)
 
     after = {split: dict(classes) for split, classes in counts.items()}
@@ -243,7 +246,7 @@ def _plan_rows(in_dir: Path, out_dir: Path, inputs: InputFolder, synthesis: dict
         names_taken = {path.name for path in files}
         for sample in plan_samples(seed, class_index, len(sources), synthesis[name]):
             source = sources[sample.source_index]
-            target = source.with_name(f"syn_{source.stem}_{sample.k}.png")
+            target = source.with_name(synthetic_name(source, sample.k))
             if target.name in names_taken:
                 raise BalanceInputError(f"{printable_path(in_dir / target)} would be overwritten "
                                         "by a synthetic image of the same name; rename it.")
@@ -271,14 +274,18 @@ def _refuse_class_without_sources(folder: Path, needed: int, files: list[Path],
         "grayscale or RGB.")
 
 
-def _synthesize(settings: dict[str, Any], job: _Job) -> list[tuple[int, float, str]]:
+def _synthesize(settings: dict[str, Any], run_seed: int, job: _Job) -> list[tuple[int, float, str]]:
     """Write the synthetic images (eqs. 1 and 4) of one source, each from its own seed;
-    returns (t, gamma, sha256) of each.
+    returns (t, gamma, sha256) of each. DICOM/NIfTI sources give DICOM/NIfTI files
+    (:mod:`diffaug.derived`; ``run_seed`` keys their new UIDs).
 
     The pixels are augmented as stored and the source's EXIF orientation is carried over, so
     viewers turn a synthetic image as they turn its source, and readers that ignore EXIF
     (torchvision, pytorch-fid, qclassify) see both in the same orientation.
     """
+    if is_medical(job.source):
+        return synthesize_medical(settings, run_seed, job.source,
+                                  [(variant.target, variant.seed) for variant in job.variants])
     image = read_image(job.source)
     orientation = exif_orientation(image)
     outcomes = []

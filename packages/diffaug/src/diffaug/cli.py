@@ -30,6 +30,7 @@ from diffaug.fid import (
     save_fid_stats,
 )
 from diffaug.io import printable_path
+from diffaug.medical import MedicalExtraMissingError
 from diffaug.schedule import MAX_CLI_TIMESTEPS, NoiseSchedule
 
 
@@ -129,7 +130,7 @@ def balance(in_dir: Path, out_dir: Path, ratio: Decimal, timesteps: int, beta_st
                                     workers=workers, dry_run=dry_run, progress=progress)
     except ValueError as err:
         raise InputError(str(err)) from None
-    except (OSError, OutputFolderBusyError) as err:
+    except (OSError, OutputFolderBusyError, MedicalExtraMissingError) as err:
         raise click.ClickException(str(err)) from None
     for skipped in report.skipped:
         click.echo(f"Warning: skipped {printable_path(skipped.path)}: {skipped.reason}", err=True)
@@ -192,7 +193,7 @@ def _fid_errors() -> Iterator[None]:
     with _warnings_as_lines():
         try:
             yield
-        except (FidExtraMissingError, InceptionWeightsError) as err:
+        except (FidExtraMissingError, InceptionWeightsError, MedicalExtraMissingError) as err:
             raise click.ClickException(str(err)) from None
         except ValueError as err:
             raise InputError(str(err)) from None

@@ -34,6 +34,7 @@ from diffaug.io import (
     printable_path,
     read_image,
 )
+from diffaug.medical import is_medical, read_stored
 from diffaug.modes import UnsupportedModeError, bit_depth
 
 __all__ = ["BALANCED_SPLIT", "SPLITS", "BalanceInputError", "InputFolder", "SkippedFile",
@@ -101,7 +102,7 @@ def read_input_folder(in_dir: Path,
                                                      "image (not searched, not copied)"))
                 elif not path.is_file():
                     skipped.append(SkippedFile(path, _NOT_REGULAR))
-                elif not has_image_extension(path):
+                elif not (has_image_extension(path) or is_medical(path)):
                     skipped.append(SkippedFile(path, "not an image file (by its extension)"))
                 else:
                     candidates.append((split, folder.name, path))
@@ -170,7 +171,7 @@ def _top_level_files(in_dir: Path, roots: dict[str, Path]) -> tuple[list[Path], 
                 skipped.append(SkippedFile(entry, f"not a {'/'.join(SPLITS)} folder"))
         elif not entry.is_file():
             skipped.append(SkippedFile(entry, _NOT_REGULAR))
-        elif has_image_extension(entry):
+        elif has_image_extension(entry) or is_medical(entry):
             skipped.append(SkippedFile(entry, "an image outside the class folders"))
         elif entry.name in _OWN_FILES:
             skipped.append(SkippedFile(entry, "an earlier diffaug run's file (OUT gets its own)"))
@@ -181,8 +182,13 @@ def _top_level_files(in_dir: Path, roots: dict[str, Path]) -> tuple[list[Path], 
 
 def _inspect(path: Path) -> tuple[str | None, str | None]:
     """Why ``path`` cannot be read (decoded in full, so truncated files are caught), and why it
-    cannot be a synthesis source; None where it can."""
+    cannot be a synthesis source; None where it can. DICOM/NIfTI files are read by
+    :func:`diffaug.medical.read_stored` (without the ``dicom`` extra: its install hint is
+    raised, never "not an image")."""
     try:
+        if is_medical(path):
+            read_stored(path)
+            return None, None
         image = read_image(path)
     except UnreadableImageError as err:
         return str(err), None

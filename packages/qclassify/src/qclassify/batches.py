@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from qclassify.images import ImageDataset
+from qclassify.images import ImageDataset, ImageRef
 
 __all__ = [
     "EVAL_BATCH_SIZE",
@@ -106,17 +106,20 @@ def predict_logits(
 
 def predict_image_logits(
     model: torch.nn.Module,
-    paths: Sequence[str | Path],
+    paths: Sequence[str | Path | ImageRef],
     *,
     image_size: int,
     device: torch.device | str = "cpu",
     batch_size: int = EVAL_BATCH_SIZE,
     progress: bool = False,
+    window: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """Logits (N, C) of image files in the given order, preprocessed for evaluation (no
-    augmentation), and the seconds the model's forward passes took."""
-    return predict_dataset_logits(model, ImageDataset(paths, None, image_size), device=device,
-                                  batch_size=batch_size, progress=progress)
+    """Logits (N, C) of image files (or frames, `ImageRef`) in the given order, preprocessed
+    for evaluation (no augmentation; `window` for DICOM/NIfTI files), and the seconds the
+    model's forward passes took."""
+    images = ImageDataset(paths, None, image_size, window=window)
+    return predict_dataset_logits(model, images, device=device, batch_size=batch_size,
+                                  progress=progress)
 
 
 def predict_dataset_logits(
@@ -137,18 +140,19 @@ def predict_dataset_logits(
 
 def predict_proba(
     model: torch.nn.Module,
-    paths: Sequence[str | Path],
+    paths: Sequence[str | Path | ImageRef],
     *,
     image_size: int,
     batch_size: int = EVAL_BATCH_SIZE,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    window: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Softmax probabilities (eq. 14), float64 (N, C), of image files in the given order, and
     the seconds the model's forward passes took (image decoding excluded)."""
     logits, forward_seconds = predict_image_logits(
         model, paths, image_size=image_size, device=device, batch_size=batch_size,
-        progress=progress)
+        progress=progress, window=window)
     return probabilities(logits), forward_seconds
 
 

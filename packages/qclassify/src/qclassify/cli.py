@@ -28,6 +28,7 @@ from PIL import Image
 
 from qclassify.options import (
     BACKENDS,
+    FRAME_CHOICES,
     INTERRUPTED_EXIT_CODE,
     INTERRUPTED_MESSAGE,
     LR_SCHEDULES,
@@ -45,6 +46,7 @@ from qclassify.options import (
     THRESHOLD_RULES,
     OptionError,
     TrainConfig,
+    check_window,
 )
 from qclassify.runfolder import METRICS_FILE, MODEL_FILE, check_separate
 
@@ -152,6 +154,35 @@ def _train_config(ctx: click.Context, options: dict[str, Any]) -> TrainConfig:
              or ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
     return TrainConfig(**given)
 
+
+def _parse_window(ctx: click.Context, param: click.Parameter,
+                  value: str | None) -> tuple[float, float] | None:
+    """``--window C,W`` as (center, width)."""
+    if value is None:
+        return None
+    try:
+        center, width = (float(part) for part in value.split(","))
+        check_window((center, width))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not CENTER,WIDTH with a positive width, "
+                                 "e.g. 40,400 (a CT soft-tissue window)") from None
+    return center, width
+
+
+def _reading_options(*, recorded: bool) -> Callable[[F], F]:
+    """``--frames`` and ``--window``: how DICOM/NIfTI files are read. `recorded`: default to
+    what the run's config.json records (evaluate, predict) instead of the fit defaults."""
+    hint = " [default: as the run was trained]" if recorded else ""
+    return _compose(
+        click.option("--frames", type=click.Choice(FRAME_CHOICES),
+                     default=None if recorded else _DEFAULTS.frames, show_default=not recorded,
+                     help="Multi-frame DICOM files and NIfTI volumes: the middle frame, or "
+                          f"every frame as a sample (a file's frames share a split).{hint}"),
+        click.option("--window", callback=_parse_window, default=None, metavar="C,W",
+                     help="DICOM/NIfTI window center,width instead of the file's first window "
+                          f"[default: the file's].{hint}"),
+    )
+
 training_options = _compose(
     click.option("--qubits", type=click.IntRange(min=1, max=MAX_QUBITS),
                  default=_DEFAULTS.qubits, show_default=True,
@@ -216,6 +247,7 @@ training_options = _compose(
                  show_default=True, help="Validation share of a class-folder dataset."),
     click.option("--test-fraction", type=_OPEN_UNIT_INTERVAL, default=_DEFAULTS.test_fraction,
                  show_default=True, help="Test share of a class-folder dataset."),
+    _reading_options(recorded=False),
 )
 
 
@@ -348,10 +380,12 @@ def fit(ctx: click.Context, data: Path, out: Path | None, overwrite: bool, resum
 @seed_option
 @device_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@_reading_options(recorded=True)
 @json_option
 @quiet_option
 def evaluate(run: Path, data: Path | None, n_bootstrap: int, positive: str | None, seed: int,
-             device: str, batch_size: int, as_json: bool, quiet: bool) -> None:
+             device: str, batch_size: int, frames: str | None,
+             window: tuple[float, float] | None, as_json: bool, quiet: bool) -> None:
     """Test-set metrics of RUN with bootstrap 95% CIs (DATA defaults to the training data).
 
     Writes metrics.json, predictions.csv, confusion_matrix.png and roc.png into RUN.
@@ -366,7 +400,8 @@ def evaluate(run: Path, data: Path | None, n_bootstrap: int, positive: str | Non
 
     with _one_line_errors():
         metrics = evaluate_run(run, data, n_bootstrap=n_bootstrap, positive=positive, seed=seed,
-                               batch_size=batch_size, device=device, progress=not quiet).metrics
+                               batch_size=batch_size, device=device, progress=not quiet,
+                               frames=frames, window=window).metrics
     if as_json:
         click.echo(json.dumps(metrics, indent=2, allow_nan=True))
         return
@@ -384,9 +419,10 @@ def evaluate(run: Path, data: Path | None, n_bootstrap: int, positive: str | Non
                 type=click.Path(exists=True, path_type=Path))
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @device_option
+@_reading_options(recorded=True)
 @quiet_option
 def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str,
-            quiet: bool) -> None:
+            frames: str | None, window: tuple[float, float] | None, quiet: bool) -> None:
     """Print CSV path,predicted_class,p_<class>... for images and folders of images.
 
     Folders are searched recursively (dot-entries skipped). The CSV goes to stdout, progress
@@ -401,7 +437,7 @@ def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str,
 
     with _one_line_errors():
         rows = predict_paths(run, paths, batch_size=batch_size, device=device,
-                             progress=not quiet)
+                             progress=not quiet, frames=frames, window=window)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()

@@ -162,7 +162,7 @@ def compare(
         if source is not None:
             check_separate(report_dir, source)
     dataset = discover_dataset(data_dir, seed=config.seed, val_fraction=config.val_fraction,
-                               test_fraction=config.test_fraction)
+                               test_fraction=config.test_fraction, frames=config.frames)
     check_positive(positive, dataset.class_names)
     if skipped:
         warnings.warn(
@@ -213,7 +213,7 @@ def check_same_originals(data_dir: Path, augmented_dir: Path, config: TrainConfi
     """
     def originals(root: Path) -> dict[tuple[str, str], str]:
         dataset = discover_dataset(root, seed=config.seed, val_fraction=config.val_fraction,
-                                   test_fraction=config.test_fraction)
+                                   test_fraction=config.test_fraction, frames=config.frames)
         return {(s.path, s.class_name): s.split for s in dataset.samples if not s.synthetic}
 
     def test_images(split_of: dict[tuple[str, str], str]) -> set[tuple[str, str]]:

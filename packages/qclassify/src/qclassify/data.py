@@ -27,12 +27,13 @@ import os
 import re
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from sklearn.model_selection import train_test_split
 
-from qclassify.images import IMAGE_EXTENSIONS, find_unreadable, list_images
+from qclassify.images import IMAGE_EXTENSIONS, ImageRef, find_unreadable, list_images
+from qclassify.medical import MEDICAL_SUFFIXES, frame_indices, is_medical
 from qclassify.options import OptionError
 from qclassify.runfolder import SPLIT_COLUMNS, Sample, read_split_csv, split_row
 
@@ -44,6 +45,8 @@ __all__ = [
     "Sample",
     "default_positive_class",
     "discover_dataset",
+    "frame_samples",
+    "group_of",
     "read_manifest",
     "read_split_csv",
     "split_csv_rows",
@@ -55,8 +58,9 @@ MANIFEST_NAME = "diffaug-manifest.csv"
 # diffaug's run record, written before any image: with it but without a manifest, DATA is an
 # unfinished diffaug output whose synthetic images are listed nowhere yet.
 RUN_RECORD_NAME = "diffaug-run.json"
-# How diffaug names a synthetic image: syn_<source-stem>_<k>.png.
-_SYNTHETIC_NAME = re.compile(r"syn_.+_\d+\.png")
+# How diffaug names a synthetic image: syn_<source-stem>_<k>.png (a DICOM/NIfTI source's own
+# extension for its synthetic files).
+_SYNTHETIC_NAME = re.compile(r"syn_.+_\d+\.(png|dcm|dicom|nii|nii\.gz)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,16 @@ class DatasetSplit:
     def paths(self, samples: list[Sample]) -> list[Path]:
         """Absolute paths of `samples`."""
         return [self.root / s.path for s in samples]
+
+    def image_refs(self, samples: list[Sample]) -> list[ImageRef]:
+        """What `qclassify.images.ImageDataset` reads for `samples`: file and frame."""
+        return [ImageRef(self.root / s.path, s.frame) for s in samples]
+
+
+def group_of(sample: Sample) -> str:
+    """The group a sample is split with: its file, so that the frames of one file
+    (``frames="all"``) never land in different splits."""
+    return sample.path
 
 
 def read_manifest(root: str | Path) -> dict[str, str]:
@@ -149,12 +163,15 @@ def _manifest_path(manifest: Path, line: int, value: str) -> str:
 
 
 def discover_dataset(
-    root: str | Path, *, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15
+    root: str | Path, *, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
+    frames: str = "middle",
 ) -> DatasetSplit:
     """Find the classes and images of `root` and assign every image to a split.
 
     Unreadable images are skipped with a warning naming them. The fractions apply to class
-    folders only (split folders are used as given).
+    folders only (split folders are used as given). Files are split first; with
+    ``frames="all"`` each frame of a multi-frame DICOM file or NIfTI volume then becomes a
+    sample in its file's split (`group_of`).
 
     Raises:
         OptionError: no images, a single class, a class too small to split, or a broken layout.
@@ -174,7 +191,7 @@ def discover_dataset(
     class_names = tuple(sorted({class_name for _, class_name, _ in candidates}))
     if not class_names:
         raise OptionError(
-            f"no images ({' '.join(IMAGE_EXTENSIONS)}) found in {root}: expected "
+            f"no images ({' '.join(IMAGE_EXTENSIONS + MEDICAL_SUFFIXES)}) found in {root}: expected "
             f"{root}/<class>/* or {root}/train|val|test/<class>/*"
         )
     if len(class_names) == 1:
@@ -193,9 +210,23 @@ def discover_dataset(
         for path, class_name, _ in candidates
         if path in synthetic_sources and split_of.get(synthetic_sources[path]) == "train"
     ]
-    samples.sort(key=lambda s: s.path)
+    samples = frame_samples(root, samples, frames)
+    samples.sort(key=lambda s: (s.path, s.frame or 0))
     _check_splits(root, samples, class_names)
     return DatasetSplit(root, layout, class_names, tuple(samples))
+
+
+def frame_samples(root: str | Path, samples: list[Sample], frames: str) -> list[Sample]:
+    """`samples` (of files under `root`) as ``frames`` asks: one sample per frame of each
+    DICOM/NIfTI file (``"all"``), or one per file, its middle frame (``"middle"``; frame
+    samples of one file are merged back into one)."""
+    if frames == "middle":
+        files = {group_of(sample): replace(sample, frame=None) for sample in samples}
+        return list(files.values())
+    return [replace(sample, frame=frame)
+            for sample in frame_samples(root, samples, "middle")
+            for frame in (frame_indices(Path(root) / sample.path, frames)
+                          if is_medical(Path(root) / sample.path) else [None])]
 
 
 def split_csv_rows(dataset: DatasetSplit) -> list[dict[str, str]]:

@@ -2,7 +2,8 @@
 
 torchvision's default loader (`Image.open(p).convert("RGB")`) clips 16-bit pixels to 255, so a
 16-bit medical PNG becomes almost white. Here every pixel is scaled by the maximum of its own
-bit depth (8-bit / 255, 16-bit / 65535) before anything else happens.
+bit depth (8-bit / 255, 16-bit / 65535) before anything else happens. DICOM and NIfTI files
+(`qclassify.medical`) are read as display intensities in [0, 1] (modality LUT, window).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from qclassify.medical import ImageRef, is_medical, read_medical
+
 __all__ = [
     "CACHE_LIMIT_BYTES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "ImageDataset",
+    "ImageRef",
     "find_unreadable",
     "list_images",
     "make_preprocess",
@@ -61,18 +65,27 @@ def _pixels(image: Image.Image) -> np.ndarray:
     return np.clip(values, 0.0, 1.0).astype(np.float32)
 
 
-def read_image(path: str | Path) -> torch.Tensor:
+def read_image(path: str | Path, *, frame: int | None = None,
+               window: tuple[float, float] | None = None) -> torch.Tensor:
     """Read an image as a float tensor (C, H, W) in [0, 1], C = 1 (grayscale) or 3 (colour).
 
     The scale follows the file's bit depth: 8-bit values are divided by 255, 16-bit values
     (PIL modes ``I;16*`` and ``I``) by 65535; float images (``F``) are clipped to [0, 1].
     Alpha channels are dropped and palette images expanded to RGB. An image above PIL's
     decompression-bomb warning size is read with a warning that names it (PIL's own names no
-    file).
+    file). A DICOM/NIfTI file gives one frame (`frame`, default the middle one) through its
+    modality LUT and first window (or `window` = (center, width)); see `qclassify.medical`.
 
     Raises:
         ValueError: the file is missing, not an image, truncated, or a decompression bomb.
+        ImportError: a DICOM/NIfTI file without the ``qclassify[dicom]`` extra.
     """
+    if is_medical(path):
+        try:
+            values = read_medical(path, frame=frame, window=window)
+        except ValueError as err:
+            raise ValueError(f"cannot read image {path}: {err}") from err
+        return _channels_first(torch.from_numpy(values))
     try:
         with Image.open(path) as image:
             _warn_if_huge(path, image)
@@ -81,7 +94,11 @@ def read_image(path: str | Path) -> torch.Tensor:
     # DecompressionBombError (a plain Exception): more pixels than PIL's MAX_IMAGE_PIXELS allows.
     except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
-    tensor = torch.from_numpy(values)
+    return _channels_first(torch.from_numpy(values))
+
+
+def _channels_first(tensor: torch.Tensor) -> torch.Tensor:
+    """(H, W) or (H, W, C) as (C, H, W)."""
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
@@ -125,7 +142,8 @@ def _after_resize(*, augment: bool) -> v2.Compose:
 
 
 def list_images(folder: str | Path, *, recursive: bool = False) -> list[Path]:
-    """Image files (by extension, case-insensitive) in `folder`, sorted.
+    """Image files (by extension, case-insensitive; DICOM/NIfTI files too, `qclassify.medical`)
+    in `folder`, sorted.
 
     Dot-entries (``.DS_Store``, ``._x.png``, ``.ipynb_checkpoints/``) are never listed nor
     searched. Without `recursive` only the folder's own files count: the rule of dataset
@@ -138,7 +156,7 @@ def list_images(folder: str | Path, *, recursive: bool = False) -> list[Path]:
         path
         for path in candidates
         if path.is_file()
-        and path.suffix.lower() in IMAGE_EXTENSIONS
+        and (path.suffix.lower() in IMAGE_EXTENSIONS or is_medical(path))
         and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     )
 
@@ -163,7 +181,8 @@ def find_unreadable(paths: Sequence[str | Path], *, progress: bool = False) -> d
 class ImageDataset(Dataset):
     """(image tensor, label) pairs for a list of files; label -1 when there is none.
 
-    With `augment_seed`, every image is randomly augmented (see `make_preprocess`) and the
+    `paths` may hold `ImageRef` (file, frame) items for frames of multi-frame files; `window`
+    = (center, width) replaces the window of DICOM/NIfTI files. With `augment_seed`, every image is randomly augmented (see `make_preprocess`) and the
     dataset is indexed by ``(epoch, index)`` keys (`qclassify.batches.make_loader` with
     ``epoch_keys=True``): the augmentation of an image is drawn from a generator seeded by
     (augment_seed, epoch, index) alone, so it is the same whatever the number of loader
@@ -171,12 +190,16 @@ class ImageDataset(Dataset):
     """
 
     def __init__(
-        self, paths: Sequence[str | Path], labels: Sequence[int] | None, image_size: int,
-        *, augment_seed: int | None = None, cache: bool = False,
+        self, paths: Sequence[str | Path | ImageRef], labels: Sequence[int] | None,
+        image_size: int, *, augment_seed: int | None = None, cache: bool = False,
+        window: tuple[float, float] | None = None,
     ) -> None:
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
-        self.paths = [Path(path) for path in paths]
+        self.refs = [path if isinstance(path, ImageRef) else ImageRef(Path(path))
+                     for path in paths]
+        self.paths = [ref.path for ref in self.refs]
+        self.window = window
         self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
         self.augment_seed = augment_seed
         self.resize = _resize(image_size)
@@ -197,7 +220,11 @@ class ImageDataset(Dataset):
                           f"{CACHE_LIMIT_BYTES / 2**30:.0f} GiB cache limit: decoding them at "
                           "every epoch instead", stacklevel=3)
             return None
-        return [self.resize(read_image(path)) for path in self.paths]
+        return [self.resize(self._read(index)) for index in range(len(self.refs))]
+
+    def _read(self, index: int) -> torch.Tensor:
+        ref = self.refs[index]
+        return read_image(ref.path, frame=ref.frame, window=self.window)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -205,7 +232,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, index = key if isinstance(key, tuple) else (None, key)
         image = (self.resized[index] if self.resized is not None
-                 else self.resize(read_image(self.paths[index])))
+                 else self.resize(self._read(index)))
         if self.augment_seed is None:
             return self.after_resize(image), self.labels[index]
         if epoch is None:

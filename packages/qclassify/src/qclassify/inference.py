@@ -13,9 +13,11 @@ from torch import nn
 
 from qclassify.batches import EVAL_BATCH_SIZE, predict_proba
 from qclassify.config import DEFAULT_Q_DEVICE, TrainConfig
+from qclassify.data import frame_samples
 from qclassify.devices import resolve_device
 from qclassify.figures import plot_confusion_matrix, plot_roc
-from qclassify.images import find_unreadable, list_images
+from qclassify.images import ImageRef, find_unreadable, list_images
+from qclassify.medical import frame_indices, is_medical
 from qclassify.metrics import evaluate_predictions, predict_classes
 from qclassify.models import build_model, count_parameters
 from qclassify.options import OptionError
@@ -42,13 +44,24 @@ class LoadedRun:
     decision_rule_note: str | None  # why a requested threshold fell back to argmax
     device: torch.device
     config: dict  # config.json; empty when the folder has none
+    frames: str = "middle"  # DICOM/NIfTI frames: the training run's choice unless overridden
+    window: tuple[float, float] | None = None
 
     def proba(
-        self, paths: Sequence[str | Path], *, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False
+        self, paths: Sequence[str | Path | ImageRef], *, batch_size: int = EVAL_BATCH_SIZE,
+        progress: bool = False,
     ) -> tuple[np.ndarray, float]:
-        """Class probabilities (N, C) of image files, and the model's forward seconds."""
+        """Class probabilities (N, C) of image files (or frames), and the forward seconds."""
         return predict_proba(self.model, paths, image_size=self.image_size,
-                             batch_size=batch_size, device=self.device, progress=progress)
+                             batch_size=batch_size, device=self.device, progress=progress,
+                             window=self.window)
+
+    def read_options(self, frames: str | None, window: tuple[float, float] | None) -> None:
+        """Use `frames`/`window` instead of the training run's (None keeps the run's)."""
+        if frames is not None:
+            self.frames = frames
+        if window is not None:
+            self.window = window
 
     def predicted_classes(self, proba: np.ndarray) -> np.ndarray:
         """Class indices of probability rows, by the run's decision rule."""
@@ -58,7 +71,8 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
-    """Rebuild the model saved in ``run_dir/model.pt``; no other file is required.
+    """Rebuild the model saved in ``run_dir/model.pt``; no other file is required. How
+    DICOM/NIfTI files are read (frames, window) comes from ``config.json``'s options.
 
     Raises:
         ValueError: no such folder, no ``model.pt`` (training not run or not finished), a file
@@ -82,6 +96,9 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
                          "are not a list of names")
     model = _rebuild_model(model_path, checkpoint)
     resolved = resolve_device(device)
+    config = folder.read_config()
+    options = config.get("options", {})
+    window = options.get("window")
     return LoadedRun(
         run_dir=run_dir,
         model=model.to(resolved).eval(),
@@ -92,7 +109,9 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
         decision_threshold=checkpoint.get("decision_threshold"),
         decision_rule_note=checkpoint.get("decision_rule_note"),
         device=resolved,
-        config=folder.read_config(),
+        config=config,
+        frames=options.get("frames", "middle"),
+        window=None if window is None else (float(window[0]), float(window[1])),
     )
 
 
@@ -128,7 +147,7 @@ class Evaluation:
 
     run: LoadedRun
     metrics: dict  # `qclassify.metrics.evaluate_predictions` plus the run's size and timings
-    paths: list[str]  # test images, relative to the data folder
+    paths: list[str]  # test images, relative to the data folder (`sample_name`)
     labels: np.ndarray  # true class indices
     proba: np.ndarray  # class probabilities (N, C)
 
@@ -148,9 +167,12 @@ def evaluate_test_split(
     batch_size: int = EVAL_BATCH_SIZE,
     device: str = "auto",
     progress: bool = False,
+    frames: str | None = None,
+    window: tuple[float, float] | None = None,
 ) -> Evaluation:
     """Evaluate a run on the ORIGINAL images of its test split (from ``split.csv``); writes
-    nothing (`save_evaluation` does).
+    nothing (`save_evaluation` does). `frames`/`window` override the run's DICOM/NIfTI
+    reading (``frames`` regroups the test files' frames).
 
     The metrics are `qclassify.metrics.evaluate_predictions` plus ``model``,
     ``inference_ms_per_image``, ``n_parameters``, ``train_seconds`` and
@@ -164,6 +186,7 @@ def evaluate_test_split(
         ValueError: no model, no split.csv, test images missing, or a bad `positive`.
     """
     run = load_run(run_dir, device=device)
+    run.read_options(frames, window)
     folder = RunFolder(run.run_dir)
     positive_index = _positive_index(positive, run)
     data_dir = _data_dir(run.run_dir, run.config, data_dir)
@@ -181,8 +204,10 @@ def evaluate_test_split(
     unknown = sorted({s.class_name for s in test} - set(run.class_names))
     if unknown:
         raise ValueError(f"test classes {', '.join(unknown)} are not classes of the model")
+    if frames is not None:
+        test = frame_samples(data_dir, test, frames)
     labels = np.array([run.class_names.index(s.class_name) for s in test])
-    proba, forward_seconds = run.proba([data_dir / s.path for s in test],
+    proba, forward_seconds = run.proba([ImageRef(data_dir / s.path, s.frame) for s in test],
                                        batch_size=batch_size, progress=progress)
     metrics = evaluate_predictions(labels, proba, run.class_names, positive=positive_index,
                                    n_bootstrap=n_bootstrap, seed=seed,
@@ -195,7 +220,12 @@ def evaluate_test_split(
         train_seconds=sum(row["seconds"] for row in history) if history else None,
         decision_rule_note=run.decision_rule_note,
     )
-    return Evaluation(run, metrics, [s.path for s in test], labels, proba)
+    return Evaluation(run, metrics, [sample_name(s.path, s.frame) for s in test], labels, proba)
+
+
+def sample_name(path: str | Path, frame: int | None) -> str:
+    """How predictions name a sample: its path, with ``#<frame>`` for one frame of a file."""
+    return str(path) if frame is None else f"{path}#{frame}"
 
 
 def save_evaluation(evaluation: Evaluation, data_dir: str | Path | None = None) -> RunFolder:
@@ -244,6 +274,8 @@ def evaluate_run(
     batch_size: int = EVAL_BATCH_SIZE,
     device: str = "auto",
     progress: bool = False,
+    frames: str | None = None,
+    window: tuple[float, float] | None = None,
 ) -> Evaluation:
     """`evaluate_test_split` then `save_evaluation`: what ``qclassify evaluate`` does.
 
@@ -256,7 +288,8 @@ def evaluate_run(
         check_separate(folder.path, data, option="run folder")  # before predicting anything
     evaluation = evaluate_test_split(run_dir, data_dir, n_bootstrap=n_bootstrap,
                                      positive=positive, seed=seed, batch_size=batch_size,
-                                     device=device, progress=progress)
+                                     device=device, progress=progress, frames=frames,
+                                     window=window)
     save_evaluation(evaluation, data_dir)
     return evaluation
 
@@ -268,8 +301,13 @@ def predict_paths(
     batch_size: int = EVAL_BATCH_SIZE,
     device: str = "auto",
     progress: bool = False,
+    frames: str | None = None,
+    window: tuple[float, float] | None = None,
 ) -> list[dict[str, str | float]]:
     """Predict image files and every image below folders, in path order.
+
+    DICOM/NIfTI files are read as the run was trained (``config.json``) unless `frames` or
+    `window` say otherwise; with frames "all" each frame is a row, ``path#<frame>``.
 
     Folders are searched recursively, a convenience for the user (dataset discovery reads
     class folders without their sub-folders); dot-entries inside them are skipped, while a
@@ -285,18 +323,21 @@ def predict_paths(
         ValueError: a path does not exist, or no readable image was given.
     """
     run = load_run(run_dir, device=device)
+    run.read_options(frames, window)
     files = _expand(paths)
     for path, reason in find_unreadable(files, progress=progress).items():
         warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=2)
         files.remove(Path(path))
     if not files:
         raise ValueError(f"no readable images among {', '.join(str(p) for p in paths)}")
-    proba, _ = run.proba(files, batch_size=batch_size, progress=progress)
+    refs = [ImageRef(path, frame) for path in files
+            for frame in (frame_indices(path, run.frames) if is_medical(path) else [None])]
+    proba, _ = run.proba(refs, batch_size=batch_size, progress=progress)
     predicted = run.predicted_classes(proba)
     return [
-        {"path": str(path), "predicted_class": run.class_names[k],
+        {"path": sample_name(*ref), "predicted_class": run.class_names[k],
          **_probability_columns(run.class_names, row)}
-        for path, k, row in zip(files, predicted, proba, strict=True)
+        for ref, k, row in zip(refs, predicted, proba, strict=True)
     ]
 
 

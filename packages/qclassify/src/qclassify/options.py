@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["AUTO_STEM", "BACKENDS", "DEFAULT_Q_DEVICE", "INTERRUPTED_EXIT_CODE",
+__all__ = ["AUTO_STEM", "BACKENDS", "DEFAULT_Q_DEVICE", "FRAME_CHOICES", "INTERRUPTED_EXIT_CODE",
            "INTERRUPTED_MESSAGE", "LR_SCHEDULES", "MAX_IMAGE_SIZE", "MAX_QLAYERS", "MAX_QUBITS",
            "MIN_IMAGE_SIZE", "MODEL_NAMES", "MONITORS", "OPTIMIZERS", "OptionError",
            "PLACEMENT_OPTIONS", "RECIPES", "RECIPE_CHOICES", "RECIPE_FIELDS", "STEMS",
-           "THRESHOLD_RULES", "TrainConfig", "check_image_size"]
+           "THRESHOLD_RULES", "TrainConfig", "check_image_size", "check_window"]
 
 # The models of `qclassify.models.ARCHITECTURES` (a test keeps the two in step).
 MODEL_NAMES = ("qmobilenet", "mobilenet_v2", "resnet18", "densenet121", "vgg16")
@@ -79,6 +79,9 @@ RECIPES: dict[str, dict[str, object]] = {
 }
 RECIPE_CHOICES = ("auto", *RECIPES)
 RECIPE_FIELDS = tuple(RECIPES["paper"])
+# DICOM/NIfTI multi-frame files: the middle frame, or every frame as a sample (diffaug.medical's
+# FRAME_CHOICES; a test keeps the two in step).
+FRAME_CHOICES = ("middle", "all")
 # Upper bounds that keep a model buildable in memory, checked before any tensor is allocated
 # (a crafted checkpoint or option must give an error, not an allocator failure): n qubits need
 # Linear(1280, 2^n), 335 MB of weights at n = 16; the paper uses n = 8 and L = 2.
@@ -125,6 +128,8 @@ class TrainConfig:
     monitor: str | None = None
     label_smoothing: float | None = None  # of the training cross-entropy
     stem: str | None = None
+    frames: str = "middle"  # or "all": every frame of a multi-frame DICOM/NIfTI file
+    window: tuple[float, float] | None = None  # (center, width) replacing DICOM files' window
 
     def recipe_name(self) -> str:
         """The recipe `resolved` applies: `recipe`, with "auto" decided by `weights`."""
@@ -194,6 +199,10 @@ class TrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise OptionError(f"must be one of {', '.join(LR_SCHEDULES)}; "
                               f"got {self.lr_schedule!r}", "lr_schedule")
+        if self.frames not in FRAME_CHOICES:
+            raise OptionError(f"must be one of {', '.join(FRAME_CHOICES)}; got {self.frames!r}",
+                              "frames")
+        check_window(self.window)
         if not self.q_device:
             raise OptionError("must name a PennyLane device, e.g. default.qubit", "q_device")
         for name, choices in (("optimizer", OPTIMIZERS), ("monitor", MONITORS),
@@ -208,6 +217,12 @@ class TrainConfig:
             raise OptionError(f"must be in [0, 1); got {self.label_smoothing!r}",
                               "label_smoothing")
         check_image_size(self.image_size)
+
+
+def check_window(window: tuple[float, float] | None) -> None:
+    """Raise OptionError unless `window` is None or (center, width) with a positive width."""
+    if window is not None and not (len(window) == 2 and window[1] > 0):
+        raise OptionError(f"must be CENTER,WIDTH with a positive width; got {window}", "window")
 
 
 def check_image_size(image_size: int) -> None:

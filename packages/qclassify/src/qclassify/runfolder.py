@@ -58,6 +58,8 @@ ROC_FILE = "roc.png"
 TRAINING_STATE_FILE = "training-state.pt"
 # split.csv: every image of the dataset with its class, split and whether it is synthetic.
 SPLIT_COLUMNS = ("path", "class", "split", "synthetic")
+# ...and, only when some sample is one frame of a multi-frame file (``--frames all``), which.
+FRAME_COLUMN = "frame"
 RUN_FILES = (
     CONFIG_FILE,
     SPLIT_FILE,
@@ -73,22 +75,29 @@ RUN_FILES = (
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: `path` is POSIX and relative to the dataset root."""
+    """One image: `path` is POSIX and relative to the dataset root; `frame` is the frame of a
+    multi-frame DICOM/NIfTI file that is this sample (None: the whole file, or its middle
+    frame)."""
 
     path: str
     class_name: str
     split: str
     synthetic: bool = False
+    frame: int | None = None
 
 
 def split_row(sample: Sample) -> dict[str, str]:
     """One ``split.csv`` row (`SPLIT_COLUMNS`)."""
-    return {"path": sample.path, "class": sample.class_name, "split": sample.split,
-            "synthetic": str(int(sample.synthetic))}
+    row = {"path": sample.path, "class": sample.class_name, "split": sample.split,
+           "synthetic": str(int(sample.synthetic))}
+    if sample.frame is not None:
+        row[FRAME_COLUMN] = str(sample.frame)
+    return row
 
 
 def read_split_csv(path: str | Path) -> list[Sample]:
-    """The samples of a ``split.csv`` (``synthetic`` defaults to 0 when absent).
+    """The samples of a ``split.csv`` (``synthetic`` defaults to 0 when absent, ``frame`` to
+    None when absent or empty).
 
     Raises:
         ValueError: unreadable, or a required column missing, naming the file.
@@ -97,8 +106,12 @@ def read_split_csv(path: str | Path) -> list[Sample]:
     missing = {"path", "class", "split"} - set(rows[0] if rows else SPLIT_COLUMNS)
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    return [Sample(row["path"], row["class"], row["split"], row.get("synthetic", "0") == "1")
-            for row in rows]
+    try:
+        return [Sample(row["path"], row["class"], row["split"], row.get("synthetic", "0") == "1",
+                       int(row[FRAME_COLUMN]) if row.get(FRAME_COLUMN) else None)
+                for row in rows]
+    except ValueError as err:
+        raise ValueError(f"{path}: a {FRAME_COLUMN} is not a frame number ({err})") from None
 
 
 @dataclass(frozen=True)
@@ -168,7 +181,10 @@ class RunFolder:
         return read_split_csv(self.split_file)
 
     def write_split(self, samples: Iterable[Sample]) -> Path:
-        return write_csv(self.split_file, SPLIT_COLUMNS, map(split_row, samples))
+        samples = list(samples)
+        framed = any(sample.frame is not None for sample in samples)
+        columns = (*SPLIT_COLUMNS, FRAME_COLUMN) if framed else SPLIT_COLUMNS
+        return write_csv(self.split_file, columns, map(split_row, samples))
 
     def read_history(self) -> list[dict[str, float]]:
         """``history.csv``: one dict of floats per epoch; empty when there is no file."""

@@ -145,7 +145,7 @@ def fit(
     check_separate(run_dir, data_dir)
     dataset = discover_dataset(
         data_dir, seed=config.seed, val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction,
+        test_fraction=config.test_fraction, frames=config.frames,
     )
     if config.threshold != "argmax" and len(dataset.class_names) != 2:
         raise OptionError(f"{config.threshold} needs a two-class task; {data_dir} has "
@@ -238,8 +238,9 @@ def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device:
     def loader(split: str, train: bool) -> DataLoader:
         samples = dataset.subset(split)
         augment_seed = config.seed if train and config.augment else None
-        images = ImageDataset(dataset.paths(samples), dataset.labels(samples), config.image_size,
-                              augment_seed=augment_seed, cache=True)
+        images = ImageDataset(dataset.image_refs(samples), dataset.labels(samples),
+                              config.image_size, augment_seed=augment_seed, cache=True,
+                              window=config.window)
         return make_loader(images, batch_size=config.batch_size, num_workers=config.num_workers,
                            shuffle=train, seed=config.seed, device=device,
                            epoch_keys=augment_seed is not None)
@@ -248,7 +249,8 @@ def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device:
     train_loader = loader("train", train=True)
     val_samples = dataset.subset("val")
     # Decoded and resized once for the whole run, like the training images (`ImageDataset`).
-    val_images = ImageDataset(dataset.paths(val_samples), None, config.image_size, cache=True)
+    val_images = ImageDataset(dataset.image_refs(val_samples), None, config.image_size,
+                              cache=True, window=config.window)
     val_labels = torch.as_tensor(dataset.labels(val_samples))
     model.to(device, memory_format=TRAINING_MEMORY_FORMAT)
     optimizer = make_optimizer(model.parameters(), config)

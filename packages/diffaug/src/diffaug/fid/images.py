@@ -4,7 +4,9 @@
 users get stuck: each image is resized to 299x299 on its own (the same bilinear
 `F.interpolate` that `InceptionV3(resize_input=True)` applies to a batch), so folders of mixed
 sizes work, and 16-bit images are scaled by their full range instead of being clipped by PIL's
-`convert("RGB")`. torch is imported inside functions only (the `fid` extra).
+`convert("RGB")`. DICOM and NIfTI files (the `dicom` extra) count too: their middle frame as
+display intensities (`diffaug.medical.read_unit`: modality LUT, first window). torch is
+imported inside functions only (the `fid` extra).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from PIL import Image
 
 from diffaug.fid.inception import INCEPTION_SIZE
 from diffaug.io import read_image
+from diffaug.medical import is_medical, read_unit
 from diffaug.modes import SIXTEEN_BIT_MAX, SIXTEEN_BIT_MODES, bit_depth
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
@@ -43,12 +46,13 @@ def list_images(folder: str | os.PathLike, *, recursive: bool = False) -> list[P
     candidates = root.rglob("*") if recursive else root.glob("*")
     files = sorted(
         p for p in candidates
-        if p.is_file() and p.suffix[1:].lower() in PYTORCH_FID_IMAGE_EXTENSIONS
+        if p.is_file() and (p.suffix[1:].lower() in PYTORCH_FID_IMAGE_EXTENSIONS or is_medical(p))
     )
     if not files:
         hint = "" if recursive else " (use --recursive for nested folders)"
         raise ValueError(
-            f"{root}: no images ({', '.join(sorted(PYTORCH_FID_IMAGE_EXTENSIONS))}){hint}"
+            f"{root}: no images ({', '.join(sorted(PYTORCH_FID_IMAGE_EXTENSIONS))}, DICOM, "
+            f"NIfTI){hint}"
         )
     return files
 
@@ -64,13 +68,22 @@ def load_inception_input(path: str | os.PathLike) -> torch.Tensor:
     import torch.nn.functional as F
 
     try:
-        unit = _to_unit_rgb(read_image(Path(path)))
+        unit = (_unit_tensor(read_unit(path)) if is_medical(path)
+                else _to_unit_rgb(read_image(Path(path))))
     except ValueError as err:  # UnreadableImageError included
         raise ValueError(f"{path}: {err}") from err
     resized = F.interpolate(
         unit[None], size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False
     )
     return resized[0]
+
+
+def _unit_tensor(unit: np.ndarray) -> torch.Tensor:
+    """(H, W) or (H, W, 3) intensities in [0, 1] as a (3, H, W) tensor."""
+    import torch
+
+    tensor = torch.from_numpy(unit)
+    return tensor.expand(3, -1, -1) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
 
 
 def _to_unit_rgb(image: Image.Image) -> torch.Tensor:
