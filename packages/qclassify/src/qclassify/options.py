@@ -85,6 +85,9 @@ class TrainConfig:
     num_workers: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    # Patient groups (`qclassify.groups`): a path,group CSV file, or a DICOM attribute keyword.
+    groups: str | None = None
+    group_by: str | None = None
 
     def validate(self) -> None:
         """Raise OptionError naming the first option with an impossible value."""

@@ -22,6 +22,7 @@ from typing import IO, Any
 __all__ = [
     "CONFIG_FILE",
     "CONFUSION_MATRIX_FILE",
+    "GROUP_COLUMN",
     "HISTORY_FILE",
     "METRICS_FILE",
     "MODEL_FILE",
@@ -56,8 +57,10 @@ ROC_FILE = "roc.png"
 # Everything `fit --resume` needs to continue after the last finished epoch (torchvision's
 # reference-script layout); removed once model.pt is written.
 TRAINING_STATE_FILE = "training-state.pt"
-# split.csv: every image of the dataset with its class, split and whether it is synthetic.
+# split.csv: every image of the dataset with its class, split and whether it is synthetic;
+# GROUP_COLUMN follows when the split was made by patient groups (older files lack it).
 SPLIT_COLUMNS = ("path", "class", "split", "synthetic")
+GROUP_COLUMN = "group"
 RUN_FILES = (
     CONFIG_FILE,
     SPLIT_FILE,
@@ -73,22 +76,28 @@ RUN_FILES = (
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: `path` is POSIX and relative to the dataset root."""
+    """One image: `path` is POSIX and relative to the dataset root; `group` is its patient
+    group ("" when the split was not made by groups)."""
 
     path: str
     class_name: str
     split: str
     synthetic: bool = False
+    group: str = ""
 
 
 def split_row(sample: Sample) -> dict[str, str]:
-    """One ``split.csv`` row (`SPLIT_COLUMNS`)."""
-    return {"path": sample.path, "class": sample.class_name, "split": sample.split,
-            "synthetic": str(int(sample.synthetic))}
+    """One ``split.csv`` row (`SPLIT_COLUMNS`, and `GROUP_COLUMN` when the sample has one)."""
+    row = {"path": sample.path, "class": sample.class_name, "split": sample.split,
+           "synthetic": str(int(sample.synthetic))}
+    if sample.group:
+        row[GROUP_COLUMN] = sample.group
+    return row
 
 
 def read_split_csv(path: str | Path) -> list[Sample]:
-    """The samples of a ``split.csv`` (``synthetic`` defaults to 0 when absent).
+    """The samples of a ``split.csv`` (``synthetic`` defaults to 0 and ``group`` to "" when
+    absent).
 
     Raises:
         ValueError: unreadable, or a required column missing, naming the file.
@@ -97,7 +106,8 @@ def read_split_csv(path: str | Path) -> list[Sample]:
     missing = {"path", "class", "split"} - set(rows[0] if rows else SPLIT_COLUMNS)
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    return [Sample(row["path"], row["class"], row["split"], row.get("synthetic", "0") == "1")
+    return [Sample(row["path"], row["class"], row["split"], row.get("synthetic", "0") == "1",
+                   row.get(GROUP_COLUMN) or "")
             for row in rows]
 
 
@@ -168,7 +178,10 @@ class RunFolder:
         return read_split_csv(self.split_file)
 
     def write_split(self, samples: Iterable[Sample]) -> Path:
-        return write_csv(self.split_file, SPLIT_COLUMNS, map(split_row, samples))
+        samples = list(samples)
+        grouped = any(sample.group for sample in samples)
+        columns = (*SPLIT_COLUMNS, GROUP_COLUMN) if grouped else SPLIT_COLUMNS
+        return write_csv(self.split_file, columns, map(split_row, samples))
 
     def read_history(self) -> list[dict[str, float]]:
         """``history.csv``: one dict of floats per epoch; empty when there is no file."""
