@@ -83,7 +83,8 @@ def package(session: nox.Session) -> None:
 @nox.session
 def demo(session: nox.Session) -> None:
     """The whole pipeline on generated data, no download: `nox -s demo -- [OUT] [options]`
-    (see tools/demo/run_demo.py; under 15 minutes on 2 CPU cores, on the GPU when there is one)."""
+    (see tools/demo/run_demo.py; under 15 minutes on 2 CPU cores, on the GPU when there is one);
+    `nox -s demo -- --format dicom` runs it on DICOM files grouped by PatientID."""
     install_everything(session)
     session.run("python", "tools/demo/run_demo.py", *session.posargs)
 

@@ -5,11 +5,18 @@ are the paper's worked example of eq. 3 (280 normal vs 102 stenosis in train, so
 ceil(0.7 * 280) - 102 = 94 synthetic images at ratio 0.7).
 
     python tools/demo/make_demo_data.py OUT [--size 224 --train 280 102 --val 60 22
-                                             --test 60 60 --seed 0 --quiet]
+                                             --test 60 60 --seed 0 --format png|dicom --quiet]
 
 writes ``OUT/{train,val,test}/{normal,stenosis}/<split>_<class>_<index>.png`` (8-bit L) and
 ``OUT/demo-data.json`` (options, library versions and per-image ground truth: the narrowest
 relative vessel radius and, for stenosis images, the lesion's position and depth).
+
+``--format dicom`` writes the same images as ``.dcm`` files instead: single-frame, XA-like
+(Modality XA, 12-bit MONOCHROME2 stored in 16 bits, the 8-bit pixels rescaled to 0-4095, a
+full-range window), every `IMAGES_PER_PATIENT` consecutive images of a split and class sharing
+one PatientID (so patients never cross splits), and UIDs from ``pydicom.uid.generate_uid`` with
+entropy sources derived from the seed and the image, so the same seed gives the same bytes.
+It needs pydicom (``pip install 'diffaug[dicom]'``).
 
 Each image is drawn from its own generator seeded by (seed, split, class, index), so the output
 is byte-identical for the same options whatever order images are made in. Only numpy, scipy,
@@ -43,6 +50,11 @@ DEFAULT_COUNTS: dict[str, tuple[int, int]] = {
     "train": (280, 102), "val": (60, 22), "test": (60, 60)}
 METADATA_FILE = "demo-data.json"
 MIN_SIZE = 32
+FORMATS = ("png", "dicom")
+SUFFIXES = {"png": ".png", "dicom": ".dcm"}
+IMAGES_PER_PATIENT = 3  # DICOM: consecutive images of one split and class per PatientID
+DICOM_BITS_STORED = 12
+XA_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.12.1"  # X-Ray Angiographic Image Storage
 
 # Geometry is specified in pixels of a REFERENCE_SIZE image and scaled with the requested size.
 # The scene is a zoomed view of one main artery (the trunk) with a few side branches, as in
@@ -284,21 +296,71 @@ def _check_options(out_dir: Path, size: int, counts: Mapping[str, tuple[int, int
                              f"got {pair}")
 
 
-def _layout(counts: Mapping[str, tuple[int, int]]) -> list[tuple[str, str, int, str]]:
+def _layout(counts: Mapping[str, tuple[int, int]],
+            suffix: str = ".png") -> list[tuple[str, str, int, str]]:
     """(split, class, index, path relative to OUT) of every image, in writing order."""
     layout = []
     for split in SPLITS:
         for label, count in zip(CLASSES, counts[split], strict=True):
             width = max(4, len(str(count - 1)))
-            layout += [(split, label, i, f"{split}/{label}/{split}_{label}_{i:0{width}d}.png")
+            layout += [(split, label, i, f"{split}/{label}/{split}_{label}_{i:0{width}d}{suffix}")
                        for i in range(count)]
     return layout
 
 
-def _save(image: DemoImage, path: Path) -> dict:
-    """Write `image` as an 8-bit PNG; return its ground truth and sha256 for demo-data.json."""
+def patient_id(split: str, label: str, index: int) -> str:
+    """The DICOM PatientID of an image: `IMAGES_PER_PATIENT` consecutive images of one split
+    and class belong to one patient."""
+    return f"DEMO-{split}-{label}-{index // IMAGES_PER_PATIENT:04d}"
+
+
+def _write_dicom(image: DemoImage, path: Path, seed: int, split: str, label: str,
+                 index: int) -> None:
+    """Write `image` as a 12-bit single-frame XA-like DICOM file (explicit VR little endian)."""
+    try:
+        import pydicom
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    except ImportError as err:
+        raise ImportError("--format dicom writes DICOM with pydicom: pip install "
+                          "'diffaug[dicom]'") from err
+
+    patient = patient_id(split, label, index)
+
+    def uid(*parts: object) -> str:  # deterministic: same seed and image, same UID
+        return generate_uid(entropy_srcs=["make_demo_data", str(seed), *map(str, parts)])
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = XA_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = uid(split, label, index)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = XA_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid(patient, "study"), uid(patient, "series")
+    ds.Modality, ds.ImageType = "XA", ["ORIGINAL", "PRIMARY"]
+    ds.PatientID, ds.PatientName = patient, patient
+    ds.SeriesNumber, ds.InstanceNumber = 1, index + 1
+    ds.Rows, ds.Columns = image.pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, DICOM_BITS_STORED, DICOM_BITS_STORED - 1
+    ds.PixelRepresentation = 0
+    top = 2**DICOM_BITS_STORED - 1
+    ds.WindowCenter, ds.WindowWidth = (top + 1) // 2, top + 1
+    stored = (image.pixels.astype(np.uint32) * top + 127) // 255  # 0-255 -> 0-4095, rounded
+    ds.PixelData = stored.astype("<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _save(image: DemoImage, path: Path, image_format: str = "png", *, seed: int = 0,
+          split: str = "", label: str = "", index: int = 0) -> dict:
+    """Write `image` as an 8-bit PNG (or DICOM); return its ground truth and sha256 for
+    demo-data.json."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image.pixels).save(path, format="PNG")
+    if image_format == "dicom":
+        _write_dicom(image, path, seed, split, label, index)
+    else:
+        Image.fromarray(image.pixels).save(path, format="PNG")
     return {
         "min_relative_radius": round(image.min_relative_radius, 6),
         "lesion_xy": None if image.lesion_xy is None else [round(c, 3) for c in image.lesion_xy],
@@ -314,21 +376,27 @@ def make_demo_dataset(
     counts: Mapping[str, tuple[int, int]] = DEFAULT_COUNTS,
     seed: int = 0,
     on_image: Callable[[int, int], None] | None = None,
+    image_format: str = "png",
 ) -> dict:
     """Write the demo dataset to `out_dir` (must not exist or be empty); return its record.
 
     Everything is written to a temporary sibling folder that is renamed into place at the end,
     so `out_dir` is either complete or untouched. `on_image(done, total)` is called after
-    each image.
+    each image. `image_format` "dicom" writes XA-like DICOM files (see the module docstring);
+    the record's options then name the format (a PNG record is unchanged).
     """
     out_dir = Path(out_dir)
     _check_options(out_dir, size, counts, seed)
-    layout = _layout(counts)
+    if image_format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {image_format!r}")
+    layout = _layout(counts, SUFFIXES[image_format])
+    libraries = ("numpy", "scipy", "pillow") + (("pydicom",) if image_format == "dicom" else ())
     record = {
         "generator": "tools/demo/make_demo_data.py",
         "options": {"size": size, "seed": seed,
-                    "counts": {s: dict(zip(CLASSES, counts[s], strict=True)) for s in SPLITS}},
-        "versions": {name: version(name) for name in ("numpy", "scipy", "pillow")},
+                    "counts": {s: dict(zip(CLASSES, counts[s], strict=True)) for s in SPLITS},
+                    **({} if image_format == "png" else {"format": image_format})},
+        "versions": {name: version(name) for name in libraries},
         "positive_class": "stenosis",
         "images": [],
     }
@@ -337,8 +405,10 @@ def make_demo_dataset(
     try:
         for done, (split, label, index, relative) in enumerate(layout, start=1):
             image = generate_image(seed, split, index, stenosis=label == "stenosis", size=size)
+            saved = _save(image, staging / relative, image_format, seed=seed, split=split,
+                          label=label, index=index)
             record["images"].append({"path": relative, "split": split, "class": label,
-                                     "index": index, **_save(image, staging / relative)})
+                                     "index": index, **saved})
             if on_image is not None:
                 on_image(done, len(layout))
         (staging / METADATA_FILE).write_text(json.dumps(record, indent=1) + "\n",
@@ -361,16 +431,22 @@ def make_demo_dataset(
 @click.option("--test", "test", nargs=2, type=int, default=DEFAULT_COUNTS["test"],
               show_default=True, help="Normal and stenosis counts in test.")
 @click.option("--seed", default=0, show_default=True, help="Base seed of every image.")
+@click.option("--format", "image_format", type=click.Choice(FORMATS), default="png",
+              show_default=True,
+              help="png: 8-bit PNG; dicom: 12-bit XA-like DICOM with several images per "
+                   "PatientID (needs pydicom).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def main(out: Path, size: int, train, val, test, seed: int, quiet: bool) -> None:
+def main(out: Path, size: int, train, val, test, seed: int, image_format: str,
+         quiet: bool) -> None:
     """Write an angiography-like normal/stenosis demo dataset to OUT (train/val/test folders)."""
     counts = {"train": tuple(train), "val": tuple(val), "test": tuple(test)}
     total = sum(sum(pair) for pair in counts.values())
     with click.progressbar(length=total, label="images", hidden=quiet) as bar:
         try:
             make_demo_dataset(out, size=size, counts=counts, seed=seed,
-                              on_image=lambda done, total: bar.update(1))
-        except (ValueError, OSError) as err:
+                              on_image=lambda done, total: bar.update(1),
+                              image_format=image_format)
+        except (ValueError, OSError, ImportError) as err:
             raise click.ClickException(str(err)) from err
     summary = "; ".join(f"{s}: normal {counts[s][0]}, stenosis {counts[s][1]}" for s in SPLITS)
     click.echo(f"wrote {total} images to {out} ({summary})")

@@ -1,7 +1,12 @@
 """The whole pipeline in one command, on procedural data, with no download: what a fresh clone runs.
 
     python tools/demo/run_demo.py [OUT=demo-out] [--size 224 --image-size 64 --epochs 6 --lr 1e-3
-        --train 280 102 --val 60 22 --test 60 60 --models M --bootstrap N --seed 0 --quiet]
+        --train 280 102 --val 60 22 --test 60 60 --models M --bootstrap N --seed 0
+        --format png|dicom --quiet]
+
+``--format dicom`` (``nox -s demo -- --format dicom``) makes the data as XA-like DICOM files
+with several images per PatientID, and runs balance and compare with ``--group-by PatientID``
+(patients are kept within one split); it needs the ``dicom`` extras.
 
 Each step is printed as the command a user would type and run as that command (the real
 ``diffaug`` / ``qclassify`` command lines, through this Python), so the demo exercises exactly
@@ -66,6 +71,8 @@ DEMO_EPOCHS = 6
 # cannot download weights) 1e-3 learns in a few epochs, as in MedMNIST's baseline recipe.
 DEMO_LR = "1e-3"
 STEPS = 5  # data, balance, FID, compare, then the results
+FORMATS = ("png", "dicom")  # make_demo_data.py --format
+DICOM_GROUP_BY = ["--group-by", "PatientID"]  # the patient of a DICOM demo image
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class DemoOptions:
     bootstrap: int | None = None  # None: qclassify's default
     seed: int = 0
     quiet: bool = False
+    image_format: str = "png"
 
     @property
     def layout(self) -> PipelineLayout:
@@ -93,11 +101,18 @@ def _quiet(options: DemoOptions) -> list[str]:
     return ["--quiet"] if options.quiet else []
 
 
+def _groups(options: DemoOptions) -> list[str]:
+    """DICOM demo data: balance and compare check / split by patient."""
+    return DICOM_GROUP_BY if options.image_format == "dicom" else []
+
+
 def generate_step(options: DemoOptions) -> Step:
     """Step 1: the demo data into OUT/data, unless it already holds the same."""
     args = [str(options.layout.data), "--size", str(options.size)]
     for split in SPLITS:
         args += [f"--{split}", *(str(n) for n in options.counts[split])]
+    if options.image_format != "png":  # the PNG command stays as the README shows it
+        args += ["--format", options.image_format]
     args += ["--seed", str(options.seed), *_quiet(options)]
     return script_step("data", "generate the demo data", GENERATOR, args,
                        skip=lambda: _data_reuse_note(options))
@@ -107,7 +122,7 @@ def balance_step(options: DemoOptions, *, fid: bool = False) -> Step:
     """Step 2, or with `fid` step 3 (skipped with a note when FID cannot run offline)."""
     layout = options.layout
     args = ["balance", str(layout.data), str(layout.balanced), "--ratio", RATIO,
-            "--seed", str(options.seed)]
+            "--seed", str(options.seed), *_groups(options)]
     if fid:
         return module_step("fid", "FID/KID of the synthetic stenosis images vs the originals",
                            "diffaug", [*args, "--fid", *_quiet(options)], console_script=True,
@@ -123,7 +138,7 @@ def compare_step(options: DemoOptions) -> Step:
             "--out", str(layout.report), "--image-size", str(options.image_size),
             "--epochs", str(options.epochs), "--lr", options.lr, "--weights", "none",
             "--device", "auto",
-            "--seed", str(options.seed)]
+            "--seed", str(options.seed), *_groups(options)]
     for model in options.models:
         args += ["--models", model]
     if options.bootstrap is not None:
@@ -145,7 +160,9 @@ def data_already_generated(options: DemoOptions) -> bool:
     recorded = json.loads(record.read_text(encoding="utf-8")).get("options")
     wanted = {"size": options.size, "seed": options.seed,
               "counts": {split: dict(zip(CLASSES, pair, strict=True))
-                         for split, pair in options.counts.items()}}
+                         for split, pair in options.counts.items()},
+              # make_demo_data.py names the format only when it is not PNG
+              **({} if options.image_format == "png" else {"format": options.image_format})}
     if recorded != wanted:
         raise ValueError(f"{data} holds demo data made with other options ({record}); "
                          f"remove {options.out} or choose another OUT")
@@ -241,14 +258,18 @@ def _pair(split: str) -> click.Option:
               help="Bootstrap resamples of the CIs [default: qclassify's].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the data, the synthetic images and the training.")
+@click.option("--format", "image_format", type=click.Choice(FORMATS), default="png",
+              show_default=True,
+              help="Demo images as PNG, or as XA-like DICOM grouped by PatientID.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def main(out: Path, size: int, image_size: int, epochs: int, lr: str, train: tuple[int, int],
          val: tuple[int, int], test: tuple[int, int], models: tuple[str, ...],
-         bootstrap: int | None, seed: int, quiet: bool) -> None:
+         bootstrap: int | None, seed: int, image_format: str, quiet: bool) -> None:
     """Generate demo data, balance it with diffaug, compare the classifiers; report in OUT."""
     options = DemoOptions(out=out, size=size, counts={"train": train, "val": val, "test": test},
                           image_size=image_size, epochs=epochs, lr=lr, models=models,
-                          bootstrap=bootstrap, seed=seed, quiet=quiet)
+                          bootstrap=bootstrap, seed=seed, quiet=quiet,
+                          image_format=image_format)
     started = time.perf_counter()
     seconds = run_demo(options)
     click.echo(summary(options, seconds, time.perf_counter() - started))

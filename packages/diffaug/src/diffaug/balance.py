@@ -27,6 +27,7 @@ from typing import Any
 
 from diffaug.augment import DiffusionAugmentor, as_ratio, plan_samples, plan_synthesis
 from diffaug.derived import synthesize_medical, synthetic_name
+from diffaug.groups import GroupSource, warn_groups_crossing_splits
 from diffaug.io import (
     MANIFEST_NAME,
     RUN_RECORD_NAME,
@@ -114,7 +115,8 @@ def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | st
                    schedule: NoiseSchedule | None = None, blur_sigma: float = 0.5,
                    brightness: tuple[float, float] = (0.9, 1.1), seed: int = 0, workers: int = 1,
                    dry_run: bool = False,
-                   progress: Callable[[int, int], None] | None = None) -> BalanceReport:
+                   progress: Callable[[int, int], None] | None = None,
+                   groups: GroupSource | None = None) -> BalanceReport:
     """Copy ``in_dir`` to ``out_dir`` and add synthetic minority images up to ``ratio`` (eq. 3).
 
     ``workers`` processes check, copy and synthesise images; the output does not depend on
@@ -126,6 +128,9 @@ def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | st
     Symbolic links inside ``in_dir`` are followed, wherever they point: a linked image or class
     folder is part of the dataset (datasets are often assembled from links into a central
     store), and OUT receives a regular file with its bytes, never a link.
+
+    With ``groups`` (:mod:`diffaug.groups`), split folders whose patient groups cross splits
+    are named in a warning.
     """
     ratio = as_ratio(ratio)
     schedule = check_schedule(schedule)
@@ -137,6 +142,8 @@ def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | st
     _check_folders(in_dir, out_dir)
     with process_map(workers) as parallel_map:
         inputs = read_input_folder(in_dir, parallel_map)
+        if groups is not None and inputs.layout == "splits":
+            warn_groups_crossing_splits(in_dir, inputs.images, groups)
         counts = {split: {name: len(files) for name, files in classes.items()}
                   for split, classes in inputs.images.items()}
         synthesis = plan_synthesis(counts[inputs.balanced_split], ratio=ratio)

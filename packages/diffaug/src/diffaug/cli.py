@@ -29,6 +29,7 @@ from diffaug.fid import (
     require_fid_extra,
     save_fid_stats,
 )
+from diffaug.groups import group_source
 from diffaug.io import printable_path
 from diffaug.medical import MedicalExtraMissingError
 from diffaug.schedule import MAX_CLI_TIMESTEPS, NoiseSchedule
@@ -101,10 +102,17 @@ def main() -> None:
 @click.option("--fid", "with_fid", is_flag=True,
               help="Then report FID and KID of each class's synthetic images against its "
                    "originals (needs the fid extra).")
+@click.option("--groups", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV file with columns path,group (paths relative to IN): warn when a "
+                   "group (patient) has images in more than one split.")
+@click.option("--group-by", metavar="KEYWORD",
+              help="The same check with groups read from a DICOM attribute, e.g. PatientID "
+                   "(needs diffaug[dicom]).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def balance(in_dir: Path, out_dir: Path, ratio: Decimal, timesteps: int, beta_start: float,
             beta_end: float, blur_sigma: float, brightness: tuple[float, float], seed: int,
-            workers: int, dry_run: bool, with_fid: bool, quiet: bool) -> None:
+            workers: int, dry_run: bool, with_fid: bool, groups: Path | None,
+            group_by: str | None, quiet: bool) -> None:
     """Oversample the minority classes of IN into OUT with forward diffusion.
 
     IN holds class folders (IN/<class>/*) or split folders (IN/train/<class>/*, IN/val/...,
@@ -124,13 +132,15 @@ def balance(in_dir: Path, out_dir: Path, ratio: Decimal, timesteps: int, beta_st
     try:
         schedule = NoiseSchedule.linear(timesteps=timesteps, beta_start=beta_start,
                                         beta_end=beta_end)
+        patient_groups = group_source(groups, group_by)
         with _warnings_as_lines(), _progress(quiet or dry_run, "Balancing") as progress:
             report = balance_folder(in_dir, out_dir, ratio=ratio, schedule=schedule,
                                     blur_sigma=blur_sigma, brightness=brightness, seed=seed,
-                                    workers=workers, dry_run=dry_run, progress=progress)
+                                    workers=workers, dry_run=dry_run, progress=progress,
+                                    groups=patient_groups)
     except ValueError as err:
         raise InputError(str(err)) from None
-    except (OSError, OutputFolderBusyError, MedicalExtraMissingError) as err:
+    except (OSError, OutputFolderBusyError, ImportError) as err:
         raise click.ClickException(str(err)) from None
     for skipped in report.skipped:
         click.echo(f"Warning: skipped {printable_path(skipped.path)}: {skipped.reason}", err=True)

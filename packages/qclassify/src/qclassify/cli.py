@@ -248,6 +248,13 @@ training_options = _compose(
     click.option("--test-fraction", type=_OPEN_UNIT_INTERVAL, default=_DEFAULTS.test_fraction,
                  show_default=True, help="Test share of a class-folder dataset."),
     _reading_options(recorded=False),
+    click.option("--groups", type=click.Path(exists=True, dir_okay=False, resolve_path=True),
+                 default=None,
+                 help="CSV file with columns path,group (paths relative to DATA, as in "
+                      "split.csv): each group (patient) goes to one split only."),
+    click.option("--group-by", metavar="KEYWORD", default=None,
+                 help="Group images by a DICOM attribute, e.g. PatientID (needs "
+                      "qclassify[dicom]); instead of --groups."),
 )
 
 

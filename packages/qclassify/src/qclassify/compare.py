@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from qclassify.compare_report import RunOutcome, write_report
-from qclassify.config import TrainConfig, run_is_complete
+from qclassify.config import TrainConfig, config_group_source, run_is_complete
 from qclassify.data import discover_dataset
 from qclassify.inference import check_positive, evaluate_run
 from qclassify.options import MODEL_NAMES, OptionError
@@ -162,7 +162,8 @@ def compare(
         if source is not None:
             check_separate(report_dir, source)
     dataset = discover_dataset(data_dir, seed=config.seed, val_fraction=config.val_fraction,
-                               test_fraction=config.test_fraction, frames=config.frames)
+                               test_fraction=config.test_fraction, frames=config.frames,
+                               groups=config_group_source(config))
     check_positive(positive, dataset.class_names)
     if skipped:
         warnings.warn(
@@ -213,7 +214,8 @@ def check_same_originals(data_dir: Path, augmented_dir: Path, config: TrainConfi
     """
     def originals(root: Path) -> dict[tuple[str, str], str]:
         dataset = discover_dataset(root, seed=config.seed, val_fraction=config.val_fraction,
-                                   test_fraction=config.test_fraction, frames=config.frames)
+                                   test_fraction=config.test_fraction, frames=config.frames,
+                                   groups=config_group_source(config))
         return {(s.path, s.class_name): s.split for s in dataset.samples if not s.synthetic}
 
     def test_images(split_of: dict[tuple[str, str], str]) -> set[tuple[str, str]]:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from qclassify.data import SPLITS, DatasetSplit, default_positive_class, train_original_counts
+from qclassify.groups import GroupSource, group_source
 from qclassify.models import count_parameters
 from qclassify.options import (  # re-exported: config.TrainConfig is where callers found it
     DEFAULT_Q_DEVICE,
@@ -28,7 +29,8 @@ from qclassify.options import (  # re-exported: config.TrainConfig is where call
 from qclassify.runfolder import RunFolder
 
 __all__ = ["DEFAULT_Q_DEVICE", "LR_SCHEDULES", "MAX_IMAGE_SIZE", "MAX_QLAYERS", "MAX_QUBITS",
-           "PLACEMENT_OPTIONS", "THRESHOLD_RULES", "TrainConfig", "records_same_run", "run_info",
+           "PLACEMENT_OPTIONS", "THRESHOLD_RULES", "TrainConfig", "config_group_source",
+           "groups_record", "records_same_run", "run_info",
            "run_is_complete"]
 
 _VERSIONED_PACKAGES = ("qclassify", "torch", "torchvision", "pennylane", "numpy", "scikit-learn")
@@ -64,7 +66,19 @@ def records_same_run(
     wanted = _comparable_options(config.resolved())
     found = _comparable_options({**asdict(_BEFORE_RECIPES), **stored.get("options", {})})
     same_data = data_dir is None or stored.get("data_dir") == str(Path(data_dir).resolve())
-    return found == wanted and same_data
+    return found == wanted and same_data and stored.get("groups") == groups_record(config)
+
+
+def groups_record(config: TrainConfig) -> dict[str, str] | None:
+    """What ``config.json`` records of the run's patient groups (the file and its sha256, or
+    the DICOM keyword); None without groups."""
+    source = config_group_source(config)
+    return None if source is None else source.record()
+
+
+def config_group_source(config: TrainConfig) -> GroupSource | None:
+    """The patient groups of `config` (``groups`` or ``group_by``), None without."""
+    return group_source(config.groups, config.group_by)
 
 
 def run_info(
@@ -84,6 +98,7 @@ def run_info(
         "class_counts": {split: dataset.class_counts(split) for split in SPLITS},
         "train_original_counts": original_counts,
         "n_synthetic_train": sum(s.synthetic for s in dataset.samples),
+        "groups": groups_record(config),
         "n_parameters": count_parameters(model),
         "device": str(device),
         "versions": {"python": platform.python_version(), **_versions()},

@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 
 from sklearn.model_selection import train_test_split
 
+from qclassify.groups import GroupSource, check_groups_within_splits, split_by_groups
 from qclassify.images import IMAGE_EXTENSIONS, ImageRef, find_unreadable, list_images
 from qclassify.medical import MEDICAL_SUFFIXES, frame_indices, is_medical
 from qclassify.options import OptionError
@@ -165,13 +166,16 @@ def _manifest_path(manifest: Path, line: int, value: str) -> str:
 def discover_dataset(
     root: str | Path, *, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
     frames: str = "middle",
+    groups: GroupSource | None = None,
 ) -> DatasetSplit:
     """Find the classes and images of `root` and assign every image to a split.
 
     Unreadable images are skipped with a warning naming them. The fractions apply to class
-    folders only (split folders are used as given). Files are split first; with
+    folders only (split folders are used as given). With `groups` (`qclassify.groups`), each
+    sample records its group, class folders are split whole groups at a time, and split
+    folders whose groups cross splits are refused. Files are split first; with
     ``frames="all"`` each frame of a multi-frame DICOM file or NIfTI volume then becomes a
-    sample in its file's split (`group_of`).
+    sample in its file's split and group (`group_of`).
 
     Raises:
         OptionError: no images, a single class, a class too small to split, or a broken layout.
@@ -187,6 +191,7 @@ def discover_dataset(
     _check_utf8_names(root, candidates)
     synthetic_sources = read_manifest(root)
     _check_no_unlisted_synthetic(root, candidates, synthetic_sources)
+    found = {path for path, _, _ in candidates}
     candidates = _drop_unreadable(root, candidates)
     class_names = tuple(sorted({class_name for _, class_name, _ in candidates}))
     if not class_names:
@@ -200,13 +205,22 @@ def discover_dataset(
             "at least two class folders"
         )
     originals = [(p, c, s) for p, c, s in candidates if p not in synthetic_sources]
-    if layout == "classes":
+    group_of = ({} if groups is None
+                else groups.groups_of(root, [path for path, _, _ in originals], found))
+    if layout == "classes" and groups is not None:
+        originals = _group_split(originals, group_of, seed, val_fraction, test_fraction)
+    elif layout == "classes":
         originals = _stratified_split(root, originals, seed, val_fraction, test_fraction)
     split_of = {path: split for path, _, split in originals}
-    samples = [Sample(path, class_name, split) for path, class_name, split in originals]
-    # Leakage rule: a synthetic image follows its source into train, and goes nowhere else.
+    if layout == "splits" and groups is not None:
+        check_groups_within_splits(root, split_of, group_of)
+    samples = [Sample(path, class_name, split, group=group_of.get(path, ""))
+               for path, class_name, split in originals]
+    # Leakage rule: a synthetic image follows its source into train, and goes nowhere else,
+    # and belongs to its source's group.
     samples += [
-        Sample(path, class_name, "train", synthetic=True)
+        Sample(path, class_name, "train", synthetic=True,
+               group=group_of.get(synthetic_sources[path], ""))
         for path, class_name, _ in candidates
         if path in synthetic_sources and split_of.get(synthetic_sources[path]) == "train"
     ]
@@ -318,14 +332,31 @@ def _drop_unreadable(root: Path, candidates: list[_Candidate]) -> list[_Candidat
     return [c for c in candidates if str(root / c[0]) not in problems]
 
 
-def _stratified_split(
-    root: Path, originals: list[_Candidate], seed: int, val_fraction: float, test_fraction: float
-) -> list[_Candidate]:
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise OptionError(
             f"val and test fractions must be in (0, 1) with a sum below 1; "
             f"got {val_fraction} and {test_fraction}"
         )
+
+
+def _group_split(
+    originals: list[_Candidate], group_of: dict[str, str], seed: int, val_fraction: float,
+    test_fraction: float,
+) -> list[_Candidate]:
+    """`split_by_groups` over the originals sorted by path (so DATA and its diffaug copy, with
+    the same originals and groups, are split alike)."""
+    _check_fractions(val_fraction, test_fraction)
+    originals = sorted(originals)
+    splits = split_by_groups([c for _, c, _ in originals], [group_of[p] for p, _, _ in originals],
+                             seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    return [(path, c, split) for (path, c, _), split in zip(originals, splits, strict=True)]
+
+
+def _stratified_split(
+    root: Path, originals: list[_Candidate], seed: int, val_fraction: float, test_fraction: float
+) -> list[_Candidate]:
+    _check_fractions(val_fraction, test_fraction)
     originals = sorted(originals)
     counts = Counter(class_name for _, class_name, _ in originals)
     too_small = sorted(name for name, n in counts.items() if n < len(SPLITS))

@@ -130,6 +130,9 @@ class TrainConfig:
     stem: str | None = None
     frames: str = "middle"  # or "all": every frame of a multi-frame DICOM/NIfTI file
     window: tuple[float, float] | None = None  # (center, width) replacing DICOM files' window
+    # Patient groups (`qclassify.groups`): a path,group CSV file, or a DICOM attribute keyword.
+    groups: str | None = None
+    group_by: str | None = None
 
     def recipe_name(self) -> str:
         """The recipe `resolved` applies: `recipe`, with "auto" decided by `weights`."""

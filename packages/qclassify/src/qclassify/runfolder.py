@@ -22,6 +22,7 @@ from typing import IO, Any
 __all__ = [
     "CONFIG_FILE",
     "CONFUSION_MATRIX_FILE",
+    "GROUP_COLUMN",
     "HISTORY_FILE",
     "METRICS_FILE",
     "MODEL_FILE",
@@ -56,10 +57,12 @@ ROC_FILE = "roc.png"
 # Everything `fit --resume` needs to continue after the last finished epoch (torchvision's
 # reference-script layout); removed once model.pt is written.
 TRAINING_STATE_FILE = "training-state.pt"
-# split.csv: every image of the dataset with its class, split and whether it is synthetic.
+# split.csv: every image of the dataset with its class, split and whether it is synthetic;
+# GROUP_COLUMN follows when the split was made by patient groups (older files lack it).
 SPLIT_COLUMNS = ("path", "class", "split", "synthetic")
 # ...and, only when some sample is one frame of a multi-frame file (``--frames all``), which.
 FRAME_COLUMN = "frame"
+GROUP_COLUMN = "group"
 RUN_FILES = (
     CONFIG_FILE,
     SPLIT_FILE,
@@ -77,27 +80,31 @@ RUN_FILES = (
 class Sample:
     """One image: `path` is POSIX and relative to the dataset root; `frame` is the frame of a
     multi-frame DICOM/NIfTI file that is this sample (None: the whole file, or its middle
-    frame)."""
+    frame); `group` is its patient group ("" when the split was not made by groups)."""
 
     path: str
     class_name: str
     split: str
     synthetic: bool = False
     frame: int | None = None
+    group: str = ""
 
 
 def split_row(sample: Sample) -> dict[str, str]:
-    """One ``split.csv`` row (`SPLIT_COLUMNS`)."""
+    """One ``split.csv`` row (`SPLIT_COLUMNS`, then `FRAME_COLUMN` and `GROUP_COLUMN` when the
+    sample has them)."""
     row = {"path": sample.path, "class": sample.class_name, "split": sample.split,
            "synthetic": str(int(sample.synthetic))}
     if sample.frame is not None:
         row[FRAME_COLUMN] = str(sample.frame)
+    if sample.group:
+        row[GROUP_COLUMN] = sample.group
     return row
 
 
 def read_split_csv(path: str | Path) -> list[Sample]:
     """The samples of a ``split.csv`` (``synthetic`` defaults to 0 when absent, ``frame`` to
-    None when absent or empty).
+    None when absent or empty, ``group`` to "" when absent).
 
     Raises:
         ValueError: unreadable, or a required column missing, naming the file.
@@ -108,7 +115,8 @@ def read_split_csv(path: str | Path) -> list[Sample]:
         raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
     try:
         return [Sample(row["path"], row["class"], row["split"], row.get("synthetic", "0") == "1",
-                       int(row[FRAME_COLUMN]) if row.get(FRAME_COLUMN) else None)
+                       frame=int(row[FRAME_COLUMN]) if row.get(FRAME_COLUMN) else None,
+                       group=row.get(GROUP_COLUMN) or "")
                 for row in rows]
     except ValueError as err:
         raise ValueError(f"{path}: a {FRAME_COLUMN} is not a frame number ({err})") from None
@@ -183,7 +191,9 @@ class RunFolder:
     def write_split(self, samples: Iterable[Sample]) -> Path:
         samples = list(samples)
         framed = any(sample.frame is not None for sample in samples)
-        columns = (*SPLIT_COLUMNS, FRAME_COLUMN) if framed else SPLIT_COLUMNS
+        grouped = any(sample.group for sample in samples)
+        columns = (*SPLIT_COLUMNS, *((FRAME_COLUMN,) if framed else ()),
+                   *((GROUP_COLUMN,) if grouped else ()))
         return write_csv(self.split_file, columns, map(split_row, samples))
 
     def read_history(self) -> list[dict[str, float]]:

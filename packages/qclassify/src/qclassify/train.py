@@ -33,7 +33,7 @@ from qclassify.batches import (
     predict_dataset_logits,
     probabilities,
 )
-from qclassify.config import TrainConfig, records_same_run, run_info
+from qclassify.config import TrainConfig, config_group_source, records_same_run, run_info
 from qclassify.data import DatasetSplit, discover_dataset
 from qclassify.devices import resolve_device
 from qclassify.images import ImageDataset
@@ -146,6 +146,7 @@ def fit(
     dataset = discover_dataset(
         data_dir, seed=config.seed, val_fraction=config.val_fraction,
         test_fraction=config.test_fraction, frames=config.frames,
+        groups=config_group_source(config),
     )
     if config.threshold != "argmax" and len(dataset.class_names) != 2:
         raise OptionError(f"{config.threshold} needs a two-class task; {data_dir} has "
