@@ -96,17 +96,18 @@ class ShardedRun:
 def parse_shard(text: str) -> tuple[int, int]:
     """``"K/N"`` as ``(K, N)``; raises ValueError unless 1 <= K <= N."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if match is None:
-        raise ValueError(f"--shard must be K/N with 1 <= K <= N (e.g. 2/8); got {text!r}.")
-    return check_shard((int(match[1]), int(match[2])), name="--shard")
+    if match is None or not 1 <= int(match[1]) <= int(match[2]):
+        raise ValueError(f"{text!r} is not K/N with 1 <= K <= N (e.g. 2/8: the second of "
+                         "eight parts).")
+    return int(match[1]), int(match[2])
 
 
-def check_shard(shard: Any, name: str = "shard") -> tuple[int, int]:
-    """``shard`` as ``(K, N)`` with 1 <= K <= N, else a ValueError naming ``name``."""
+def check_shard(shard: Any) -> tuple[int, int]:
+    """``shard`` as ``(K, N)`` with 1 <= K <= N, else a ValueError."""
     pair = tuple(shard) if isinstance(shard, (tuple, list)) else ()
     if len(pair) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) for n in pair) \
             or not 1 <= pair[0] <= pair[1]:
-        raise ValueError(f"{name} must be (K, N) with 1 <= K <= N, as in --shard 2/8; "
+        raise ValueError(f"shard must be (K, N) with 1 <= K <= N, as in --shard 2/8; "
                          f"got {shard!r}.")
     return pair[0], pair[1]
 
