@@ -156,14 +156,10 @@ def finish_run(run: ShardedRun) -> int:
     the shard to run again), :class:`~diffaug.layout.BalanceInputError` for shards of another
     run; nothing is written then.
     """
-    records = _read_records(run.out_dir)
-    count = _shard_count(run.out_dir, records)
-    _require_every_shard(run.out_dir, records, count)  # before any lock file is created
+    fingerprint = _input_fingerprint(run)
+    count, _, _ = _finished_parts(run, fingerprint)  # before any lock file is created
     with _locked_shards(run.out_dir, [(index, count) for index in range(1, count + 1)]):
-        records = _read_records(run.out_dir)  # again, under the locks
-        _check_records(run, records, count, _input_fingerprint(run))
-        _require_every_shard(run.out_dir, records, count)
-        rows, owners = _merged_rows(run.out_dir, records, run.rows)
+        count, rows, owners = _finished_parts(run, fingerprint)  # again, under the locks
         clean_output_folder(run.out_dir, run.expected)  # no shard runs: temporaries are stale
         changed = changed_files(run.in_dir, run.out_dir, run.copies, rows, run.parallel_map)
         if changed:
@@ -249,7 +245,10 @@ def _read_record(path: Path, shard: tuple[int, int]) -> dict[str, Any]:
         if record["shard"] != list(shard) or not all(isinstance(copy, str)
                                                      for copy in record["copies"]):
             raise ValueError(path)
-        record["rows"] = {entry[0]: ManifestRow(*entry[1:]) for entry in record["rows"]}
+        rows = {entry[0]: ManifestRow(*entry[1:]) for entry in record["rows"]}
+        if len(rows) != len(record["rows"]):
+            raise ValueError(path)  # a row listed twice
+        record["rows"] = rows
         return record
     except (OSError, ValueError, TypeError, KeyError, IndexError):
         raise BalanceInputError(f"{printable_path(path)} is not a diffaug shard record; remove "
@@ -282,6 +281,17 @@ def _part_verified(run: ShardedRun, part: ShardPart, record: dict[str, Any]) -> 
         and record["copies"] == [path.as_posix() for path in part.copies] \
         and not changed_files(run.in_dir, run.out_dir, list(part.copies), list(listed.values()),
                               run.parallel_map)
+
+
+def _finished_parts(run: ShardedRun,
+                    fingerprint: str) -> tuple[int, list[ManifestRow], dict[str, str]]:
+    """N, the manifest rows and each file's shard (:func:`_merged_rows`), once every shard's
+    record is there and of this run."""
+    records = _read_records(run.out_dir)
+    count = _shard_count(run.out_dir, records)
+    _check_records(run, records, count, fingerprint)
+    _require_every_shard(run.out_dir, records, count)
+    return count, *_merged_rows(run.out_dir, records, run.rows)
 
 
 def _shard_count(out_dir: Path, records: dict[tuple[int, int], dict[str, Any]]) -> int:
