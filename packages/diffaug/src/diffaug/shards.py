@@ -15,7 +15,9 @@
 - **Finish** checks every part (all N records, one run record and fingerprint, every listed
   file with its sha256, every copy with its source's bytes), writes the run record and the
   manifest exactly as a one-machine run does, then removes ``.diffaug-shards``: OUT is then
-  byte for byte the OUT of ``diffaug balance`` without ``--shard``.
+  byte for byte the OUT of ``diffaug balance`` without ``--shard``. From then on OUT is an
+  ordinary finished run: a shard or finish started again verifies it (and repairs it) as a
+  rerun without shards does, under that run's lock (:mod:`diffaug.outfolder`).
 """
 
 from __future__ import annotations
