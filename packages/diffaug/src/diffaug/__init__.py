@@ -6,7 +6,7 @@ run: importing diffaug never imports torch.
 """
 
 from diffaug.augment import DiffusionAugmentor, plan_synthesis
-from diffaug.balance import BalanceReport, balance_folder
+from diffaug.balance import BalanceReport, balance_folder, finish_shards
 from diffaug.fid import (
     FidReport,
     KernelDistance,
@@ -17,5 +17,5 @@ from diffaug.fid import (
 from diffaug.schedule import NoiseSchedule, forward_diffuse
 
 __all__ = ["BalanceReport", "DiffusionAugmentor", "FidReport", "KernelDistance", "NoiseSchedule",
-           "balance_folder", "compute_fid", "fid_of_balanced_classes", "forward_diffuse",
-           "plan_synthesis", "save_fid_stats"]
+           "balance_folder", "compute_fid", "fid_of_balanced_classes", "finish_shards",
+           "forward_diffuse", "plan_synthesis", "save_fid_stats"]

@@ -7,7 +7,8 @@ beside them. Each synthetic image has its own seed (see
 :func:`diffaug.augment.plan_samples`), so the output, run record included, does not depend on
 the number of workers. ``diffaug-run.json`` is written first and the manifest last: a finished
 OUT is recognised, verified and left alone when the same command runs again (the lock, what a
-rerun accepts, verifies and repairs: :mod:`diffaug.outfolder`).
+rerun accepts, verifies and repairs: :mod:`diffaug.outfolder`). A run can also be split into
+shards written on several machines, then finished (:mod:`diffaug.shards`).
 
 The worker processes end with the parent (:mod:`diffaug.workers`).
 """
@@ -50,12 +51,23 @@ from diffaug.outfolder import (
     clean_output_folder,
     locked_output_folder,
     mismatched_files,
+    run_record_bytes,
 )
 from diffaug.schedule import NoiseSchedule
+from diffaug.shards import (
+    ShardedRun,
+    ShardPart,
+    ShardsIncompleteError,
+    check_shard,
+    finish_run,
+    recorded_options,
+    shard_items,
+    write_shard,
+)
 from diffaug.workers import process_map
 
 __all__ = ["RUN_RECORD_NAME", "BalanceInputError", "BalanceReport", "OutputFolderBusyError",
-           "SkippedFile", "balance_folder"]
+           "ShardsIncompleteError", "SkippedFile", "balance_folder", "finish_shards"]
 
 _NAME_MAX = 255  # bytes in a file name on common file systems (ext4, XFS, APFS, NTFS)
 
@@ -69,7 +81,9 @@ class BalanceReport:
     copied from IN (images and top-level dataset files); ``skipped`` are files not copied,
     ``excluded_sources`` copied images of the balanced split never drawn as synthesis sources.
     ``repaired``: files of a finished OUT found missing or changed, for which the run was
-    written again (paths relative to OUT).
+    written again (paths relative to OUT). ``shard``: the part a ``shard=(K, N)`` run writes
+    (``n_copied`` and ``n_synthetic`` then count that part); ``shards_merged``: N after
+    :func:`finish_shards` merged N shards.
     """
 
     in_dir: Path
@@ -87,6 +101,8 @@ class BalanceReport:
     dry_run: bool
     already_done: bool
     repaired: tuple[Path, ...] = ()
+    shard: ShardPart | None = None
+    shards_merged: int = 0
 
     @property
     def n_synthetic_planned(self) -> int:
@@ -111,12 +127,25 @@ class _Job:
     variants: tuple[_Variant, ...]
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a run writes, fixed before any file is written."""
+
+    inputs: InputFolder
+    counts: dict[str, dict[str, int]]
+    synthesis: dict[str, int]
+    record: dict[str, Any]
+    rows: list[ManifestRow]
+    jobs: list[_Job]
+
+
 def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | str | Decimal,
                    schedule: NoiseSchedule | None = None, blur_sigma: float = 0.5,
                    brightness: tuple[float, float] = (0.9, 1.1), seed: int = 0, workers: int = 1,
                    dry_run: bool = False,
                    progress: Callable[[int, int], None] | None = None,
-                   groups: GroupSource | None = None) -> BalanceReport:
+                   groups: GroupSource | None = None,
+                   shard: tuple[int, int] | None = None, finish: bool = False) -> BalanceReport:
     """Copy ``in_dir`` to ``out_dir`` and add synthetic minority images up to ``ratio`` (eq. 3).
 
     ``workers`` processes check, copy and synthesise images; the output does not depend on
@@ -131,6 +160,12 @@ def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | st
 
     With ``groups`` (:mod:`diffaug.groups`), split folders whose patient groups cross splits
     are named in a warning.
+
+    ``shard=(K, N)`` writes only the K-th of N disjoint parts of the run (1 <= K <= N), safely
+    in parallel with the other shards on any machine sharing ``out_dir``; ``finish=True`` (or
+    :func:`finish_shards`) then checks every part and writes the manifest and run record: OUT
+    is then byte for byte the OUT of one run without shards (:mod:`diffaug.shards`). A shard
+    or finish on a finished OUT verifies (and repairs) it like a rerun.
     """
     ratio = as_ratio(ratio)
     schedule = check_schedule(schedule)
@@ -138,62 +173,118 @@ def balance_folder(in_dir: str | Path, out_dir: str | Path, *, ratio: float | st
     DiffusionAugmentor(**settings, random_state=seed).validate_params()  # before any file work
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise BalanceInputError(f"workers must be an integer >= 1; got {workers!r}.")
+    if shard is not None and finish:
+        raise BalanceInputError("shard and finish exclude each other: run the shards, then "
+                                "finish once.")
+    shard = None if shard is None else check_shard(shard)
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     _check_folders(in_dir, out_dir)
+    progress = progress or _no_progress
     with process_map(workers) as parallel_map:
-        inputs = read_input_folder(in_dir, parallel_map)
-        if groups is not None and inputs.layout == "splits":
-            warn_groups_crossing_splits(in_dir, inputs.images, groups)
-        counts = {split: {name: len(files) for name, files in classes.items()}
-                  for split, classes in inputs.images.items()}
-        synthesis = plan_synthesis(counts[inputs.balanced_split], ratio=ratio)
-        record = _run_record(in_dir, inputs, counts, synthesis, ratio, settings, seed)
-        rows, jobs = _plan_rows(in_dir, out_dir, inputs, synthesis, seed)
-        already_done = check_output_folder(out_dir, record)  # refused before OUT is created
+        plan = _plan(in_dir, out_dir, ratio, settings, seed, parallel_map)
+        part = None if shard is None else _shard_part(plan, shard)
+        already_done = check_output_folder(out_dir, plan.record)  # refused before OUT is created
+        if groups is not None and plan.inputs.layout == "splits":
+            warn_groups_crossing_splits(in_dir, plan.inputs.images, groups)
         repaired: list[Path] = []
-        n_copied = n_synthetic = 0
-        if not dry_run:
+        n_copied = n_synthetic = merged = 0
+        if dry_run:
+            pass
+        elif part is not None and not already_done:
+            write_part = partial(_write_files, in_dir, out_dir, plan, list(part.copies),
+                                 partial(_synthesize, settings, seed), shard_items(plan.jobs, shard),
+                                 parallel_map, progress)
+            already_done = write_shard(_sharded_run(in_dir, out_dir, plan, parallel_map), part,
+                                       write_part)
+            n_copied, n_synthetic = (0, 0) if already_done else (len(part.copies), len(part.rows))
+        elif finish and not already_done:
+            merged = finish_run(_sharded_run(in_dir, out_dir, plan, parallel_map))
+        else:
             with locked_output_folder(out_dir):
-                already_done, repaired = _prepare_rerun(in_dir, out_dir, inputs, record, rows,
-                                                        parallel_map)
+                already_done, repaired = _prepare_rerun(in_dir, out_dir, plan, parallel_map)
                 if not already_done:
                     n_copied, n_synthetic = _write_output(
-                        in_dir, out_dir, inputs, record, rows, partial(_synthesize, settings, seed),
-                        jobs, parallel_map, progress or _no_progress)
+                        in_dir, out_dir, plan, partial(_synthesize, settings, seed), parallel_map,
+                        progress)
 
-    after = {split: dict(classes) for split, classes in counts.items()}
-    for name, added in synthesis.items():
-        after[inputs.balanced_split][name] += added
+    after = {split: dict(classes) for split, classes in plan.counts.items()}
+    for name, added in plan.synthesis.items():
+        after[plan.inputs.balanced_split][name] += added
     return BalanceReport(
-        in_dir=in_dir, out_dir=out_dir, layout=inputs.layout,
-        balanced_split=inputs.balanced_split, counts_before=counts, counts_after=after,
-        synthesis=synthesis, n_copied=n_copied, n_synthetic=n_synthetic,
-        skipped=tuple(inputs.skipped), excluded_sources=tuple(inputs.excluded_sources),
+        in_dir=in_dir, out_dir=out_dir, layout=plan.inputs.layout,
+        balanced_split=plan.inputs.balanced_split, counts_before=plan.counts, counts_after=after,
+        synthesis=plan.synthesis, n_copied=n_copied, n_synthetic=n_synthetic,
+        skipped=tuple(plan.inputs.skipped), excluded_sources=tuple(plan.inputs.excluded_sources),
         manifest=None if dry_run else out_dir / MANIFEST_NAME,
-        dry_run=dry_run, already_done=already_done, repaired=tuple(repaired))
+        dry_run=dry_run, already_done=already_done, repaired=tuple(repaired), shard=part,
+        shards_merged=merged)
+
+
+def finish_shards(in_dir: str | Path, out_dir: str | Path, *, workers: int = 1,
+                  dry_run: bool = False,
+                  progress: Callable[[int, int], None] | None = None) -> BalanceReport:
+    """Finish a run written by ``balance_folder(..., shard=(K, N))`` for K = 1 … N, with the
+    options the shards recorded in ``out_dir``: :func:`balance_folder` with ``finish=True``.
+
+    Raises :class:`ShardsIncompleteError` (a ``RuntimeError``), naming them, while shards are
+    missing or a file they wrote is missing or changed; nothing is written then.
+    """
+    return balance_folder(in_dir, out_dir, **recorded_options(Path(out_dir)), workers=workers,
+                          dry_run=dry_run, progress=progress, finish=True)
+
+
+def _plan(in_dir: Path, out_dir: Path, ratio: Decimal, settings: dict[str, Any], seed: int,
+          parallel_map: Callable[..., Iterable[Any]]) -> _Plan:
+    """Read IN and fix what the run writes: eq. 3's counts, run record, manifest rows, jobs."""
+    inputs = read_input_folder(in_dir, parallel_map)
+    counts = {split: {name: len(files) for name, files in classes.items()}
+              for split, classes in inputs.images.items()}
+    synthesis = plan_synthesis(counts[inputs.balanced_split], ratio=ratio)
+    record = _run_record(in_dir, inputs, counts, synthesis, ratio, settings, seed)
+    rows, jobs = _plan_rows(in_dir, out_dir, inputs, synthesis, seed)
+    return _Plan(inputs, counts, synthesis, record, rows, jobs)
+
+
+def _shard_part(plan: _Plan, shard: tuple[int, int]) -> ShardPart:
+    """Shard K's copies and synthetic images of N (round robin, :mod:`diffaug.shards`)."""
+    jobs = shard_items(plan.jobs, shard)
+    return ShardPart(*shard, copies=tuple(shard_items(_copied_files(plan.inputs), shard)),
+                     rows=tuple(variant.row for job in jobs for variant in job.variants),
+                     n_sources=len(jobs))
+
+
+def _sharded_run(in_dir: Path, out_dir: Path, plan: _Plan,
+                 parallel_map: Callable[..., Iterable[Any]]) -> ShardedRun:
+    """What :mod:`diffaug.shards` checks and writes of this plan."""
+    return ShardedRun(in_dir, out_dir, plan.record, plan.rows, _copied_files(plan.inputs),
+                      _expected_files(plan), parallel_map)
 
 
 def _no_progress(done_increment: int, total: int) -> None:
     """The default progress callback."""
 
 
-def _prepare_rerun(in_dir: Path, out_dir: Path, inputs: InputFolder, record: dict[str, Any],
-                   rows: list[ManifestRow],
+def _prepare_rerun(in_dir: Path, out_dir: Path, plan: _Plan,
                    parallel_map: Callable[..., Iterable[Any]]) -> tuple[bool, list[Path]]:
     """Under the lock: whether OUT holds this run finished and verified, and the files found
     missing or changed in a finished OUT (its manifest is then removed: it is rewritten)."""
-    finished = check_output_folder(out_dir, record)  # again: another run may have written OUT
-    copies = _copied_files(inputs)
-    expected = {Path(RUN_RECORD_NAME), Path(MANIFEST_NAME), *copies,
-                *(Path(row.path) for row in rows),
-                *(Path(split, name) for split, classes in inputs.images.items() for name in classes)}
-    clean_output_folder(out_dir, expected)
+    finished = check_output_folder(out_dir, plan.record)  # again: another run may have written OUT
+    clean_output_folder(out_dir, _expected_files(plan))
     if not finished:
         return False, []
-    mismatched = mismatched_files(in_dir, out_dir, copies, rows, parallel_map)
+    mismatched = mismatched_files(in_dir, out_dir, _copied_files(plan.inputs), plan.rows,
+                                  parallel_map)
     if mismatched:
         (out_dir / MANIFEST_NAME).unlink()
     return not mismatched, mismatched
+
+
+def _expected_files(plan: _Plan) -> set[Path]:
+    """Every file and folder the run writes, relative to OUT."""
+    return {Path(RUN_RECORD_NAME), Path(MANIFEST_NAME), *_copied_files(plan.inputs),
+            *(Path(row.path) for row in plan.rows),
+            *(Path(split, name) for split, classes in plan.inputs.images.items()
+              for name in classes)}
 
 
 def _copied_files(inputs: InputFolder) -> list[Path]:
@@ -202,30 +293,40 @@ def _copied_files(inputs: InputFolder) -> list[Path]:
                                    for files in classes.values() for path in files]
 
 
-def _write_output(in_dir: Path, out_dir: Path, inputs: InputFolder, record: dict[str, Any],
-                  rows: list[ManifestRow],
+def _write_output(in_dir: Path, out_dir: Path, plan: _Plan,
                   synthesize: Callable[[_Job], list[tuple[int, float, str]]],
-                  jobs: list[_Job], parallel_map: Callable[..., Iterable[Any]],
+                  parallel_map: Callable[..., Iterable[Any]],
                   progress: Callable[[int, int], None]) -> tuple[int, int]:
-    """Run record first (OUT is then recognised as this run's), then originals, synthetic
-    images and the manifest (last)."""
-    originals = _copied_files(inputs)
-    total = len(originals) + len(rows)
+    """The whole run: its files, then the manifest (last)."""
+    originals = _copied_files(plan.inputs)
+    done_rows = _write_files(in_dir, out_dir, plan, originals, synthesize, plan.jobs,
+                             parallel_map, progress)
+    write_manifest(out_dir / MANIFEST_NAME, done_rows)
+    return len(originals), len(done_rows)
+
+
+def _write_files(in_dir: Path, out_dir: Path, plan: _Plan, originals: list[Path],
+                 synthesize: Callable[[_Job], list[tuple[int, float, str]]],
+                 jobs: list[_Job], parallel_map: Callable[..., Iterable[Any]],
+                 progress: Callable[[int, int], None]) -> list[ManifestRow]:
+    """Run record first (OUT is then recognised as this run's), then ``originals`` and the
+    synthetic images of ``jobs``; returns the plan's rows, those of ``jobs`` filled in."""
+    total = len(originals) + sum(len(job.variants) for job in jobs)
     progress(0, total)
-    atomic_write_bytes(out_dir / RUN_RECORD_NAME, json.dumps(record, indent=2).encode())
-    for split, classes in inputs.images.items():
+    atomic_write_bytes(out_dir / RUN_RECORD_NAME, run_record_bytes(plan.record))
+    for split, classes in plan.inputs.images.items():
         for name in classes:  # empty val/test class folders are mirrored too
             (out_dir / split / name).mkdir(parents=True, exist_ok=True)
     for _ in parallel_map(atomic_copy, [in_dir / path for path in originals],
                           [out_dir / path for path in originals]):
         progress(1, total)
+    rows = plan.rows
     done_rows = list(rows)
     for job, outcomes in zip(jobs, parallel_map(synthesize, jobs), strict=True):
         for variant, (t, gamma, digest) in zip(job.variants, outcomes, strict=True):
             done_rows[variant.row] = rows[variant.row]._replace(t=t, gamma=gamma, sha256=digest)
         progress(len(outcomes), total)
-    write_manifest(out_dir / MANIFEST_NAME, done_rows)
-    return len(originals), len(done_rows)
+    return done_rows
 
 
 def _check_folders(in_dir: Path, out_dir: Path) -> None:

@@ -17,7 +17,13 @@ from pathlib import Path
 import click
 
 from diffaug.augment import as_ratio
-from diffaug.balance import BalanceReport, OutputFolderBusyError, balance_folder
+from diffaug.balance import (
+    BalanceReport,
+    OutputFolderBusyError,
+    ShardsIncompleteError,
+    balance_folder,
+    finish_shards,
+)
 from diffaug.fid import (
     ENGINES,
     FID_DIMS,
@@ -33,6 +39,10 @@ from diffaug.groups import group_source
 from diffaug.io import printable_path
 from diffaug.medical import MedicalExtraMissingError
 from diffaug.schedule import MAX_CLI_TIMESTEPS, NoiseSchedule
+from diffaug.shards import parse_shard
+
+# What --finish takes from the shards' run record instead of the command line.
+_RUN_OPTIONS = ("ratio", "timesteps", "beta_start", "beta_end", "blur_sigma", "brightness", "seed")
 
 
 class InputError(click.ClickException):
@@ -41,13 +51,23 @@ class InputError(click.ClickException):
     exit_code = 2
 
 
-def _parse_ratio(ctx: click.Context, param: click.Parameter, value: str) -> Decimal:
+def _parse_ratio(ctx: click.Context, param: click.Parameter, value: str | None) -> Decimal | None:
     # Parsed from the text, not from a float, so that eq. 3 sees exactly what was typed.
+    if value is None:
+        return None  # only --finish goes without it (checked in the command)
     try:
         return as_ratio(value)
     except ValueError:
         raise InputError(f"Invalid value for '--ratio': {value!r} is not a number in (0, 1] "
                          "(the minority/majority count after balancing).") from None
+
+
+def _parse_shard(ctx: click.Context, param: click.Parameter,
+                 value: str | None) -> tuple[int, int] | None:
+    try:
+        return None if value is None else parse_shard(value)
+    except ValueError as err:
+        raise InputError(f"Invalid value for '--shard': {err}") from None
 
 
 def _check_timesteps(ctx: click.Context, param: click.Parameter, value: int) -> int:
@@ -84,8 +104,9 @@ def main() -> None:
 @main.command()
 @click.argument("in_dir", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("out_dir", metavar="OUT", type=click.Path(path_type=Path))
-@click.option("--ratio", required=True, callback=_parse_ratio,
-              help="Minority/majority count after balancing, in (0, 1] (eq. 3).")
+@click.option("--ratio", callback=_parse_ratio,
+              help="Minority/majority count after balancing, in (0, 1] (eq. 3). Required "
+                   "except with --finish.")
 @click.option("--timesteps", default=5, show_default=True, type=int, callback=_check_timesteps,
               help=f"T, the number of diffusion steps (eq. 2), 1 to {MAX_CLI_TIMESTEPS}.")
 @click.option("--beta-start", default=1e-4, show_default=True, type=float, help="First beta (eq. 2).")
@@ -99,6 +120,12 @@ def main() -> None:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Worker processes; the output does not depend on it.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
+@click.option("--shard", metavar="K/N", callback=_parse_shard,
+              help="Write only the K-th of N disjoint parts of the run (1 <= K <= N); run all "
+                   "N, on any machines sharing OUT, then --finish.")
+@click.option("--finish", is_flag=True,
+              help="After every --shard K/N: check all parts and write the manifest and run "
+                   "record. Takes the options the shards recorded in OUT.")
 @click.option("--fid", "with_fid", is_flag=True,
               help="Then report FID and KID of each class's synthetic images against its "
                    "originals (needs the fid extra).")
@@ -111,8 +138,8 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def balance(in_dir: Path, out_dir: Path, ratio: Decimal, timesteps: int, beta_start: float,
             beta_end: float, blur_sigma: float, brightness: tuple[float, float], seed: int,
-            workers: int, dry_run: bool, with_fid: bool, groups: Path | None,
-            group_by: str | None, quiet: bool) -> None:
+            workers: int, dry_run: bool, shard: tuple[int, int] | None, finish: bool,
+            with_fid: bool, groups: Path | None, group_by: str | None, quiet: bool) -> None:
     """Oversample the minority classes of IN into OUT with forward diffusion.
 
     IN holds class folders (IN/<class>/*) or split folders (IN/train/<class>/*, IN/val/...,
@@ -124,23 +151,32 @@ def balance(in_dir: Path, out_dir: Path, ratio: Decimal, timesteps: int, beta_st
     One run at a time per OUT (an flock on the OUT folder). Running the same command again
     finishes an interrupted run, or verifies a finished one (every file's sha256 or bytes) and
     rewrites it if anything is missing or changed.
+
+    On a cluster, run --shard 1/N ... N/N (same options, any order, in parallel, one lock per
+    shard), then `diffaug balance IN OUT --finish`: OUT is then byte for byte the OUT of one
+    run. A killed shard is rerun with the same command.
     """
     started = time.perf_counter()
+    _check_finish_options(click.get_current_context(), finish, shard)
     if with_fid:
         with _fid_errors():
             require_fid_extra()  # before the work, not after it
     try:
-        schedule = NoiseSchedule.linear(timesteps=timesteps, beta_start=beta_start,
-                                        beta_end=beta_end)
         patient_groups = group_source(groups, group_by)
         with _warnings_as_lines(), _progress(quiet or dry_run, "Balancing") as progress:
-            report = balance_folder(in_dir, out_dir, ratio=ratio, schedule=schedule,
-                                    blur_sigma=blur_sigma, brightness=brightness, seed=seed,
-                                    workers=workers, dry_run=dry_run, progress=progress,
-                                    groups=patient_groups)
+            if finish:
+                report = finish_shards(in_dir, out_dir, workers=workers, dry_run=dry_run,
+                                       progress=progress)
+            else:
+                schedule = NoiseSchedule.linear(timesteps=timesteps, beta_start=beta_start,
+                                                beta_end=beta_end)
+                report = balance_folder(in_dir, out_dir, ratio=ratio, schedule=schedule,
+                                        blur_sigma=blur_sigma, brightness=brightness, seed=seed,
+                                        workers=workers, dry_run=dry_run, progress=progress,
+                                        shard=shard, groups=patient_groups)
     except ValueError as err:
         raise InputError(str(err)) from None
-    except (OSError, OutputFolderBusyError, ImportError) as err:
+    except (OSError, OutputFolderBusyError, ShardsIncompleteError, ImportError) as err:
         raise click.ClickException(str(err)) from None
     for skipped in report.skipped:
         click.echo(f"Warning: skipped {printable_path(skipped.path)}: {skipped.reason}", err=True)
@@ -161,6 +197,20 @@ def balance(in_dir: Path, out_dir: Path, ratio: Decimal, timesteps: int, beta_st
                        f"({fid_report.n_other} synthetic, {fid_report.n_real} originals)")
 
 
+def _check_finish_options(ctx: click.Context, finish: bool, shard: tuple[int, int] | None) -> None:
+    """--finish takes the run's options from OUT: given again, they could only disagree."""
+    if not finish:
+        if ctx.params["ratio"] is None:
+            raise InputError("Missing option '--ratio' (the minority/majority count after "
+                             "balancing, in (0, 1]).")
+        return
+    given = [name for name in (*_RUN_OPTIONS, "shard")
+             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    if given:
+        raise InputError(f"--finish takes the options the shards recorded in OUT; leave out "
+                         f"--{given[0].replace('_', '-')}.")
+
+
 def _format_plan(report: BalanceReport) -> str:
     lines = []
     for split, counts in report.counts_before.items():
@@ -175,6 +225,11 @@ def _format_plan(report: BalanceReport) -> str:
 
 
 def _format_summary(report: BalanceReport, seconds: float) -> str:
+    if report.shard is not None and not report.already_done:
+        return _format_shard_summary(report, seconds)
+    if report.shards_merged:
+        return (f"Finished: checked and merged {report.shards_merged} shards into "
+                f"{report.out_dir}; manifest: {report.manifest}")
     if report.dry_run:
         return f"Dry run: would write {report.n_synthetic_planned} synthetic images to {report.out_dir}."
     if report.already_done:
@@ -183,6 +238,16 @@ def _format_summary(report: BalanceReport, seconds: float) -> str:
     return (f"Wrote {report.n_synthetic} synthetic images and copied {report.n_copied} originals "
             f"to {report.out_dir} in {seconds:.1f} s ({rate:.1f} synthetic images/s); "
             f"manifest: {report.manifest}")
+
+
+def _format_shard_summary(report: BalanceReport, seconds: float) -> str:
+    part = report.shard
+    share = (f"{len(part.copies)} originals and {len(part.rows)} of "
+             f"{report.n_synthetic_planned} synthetic images (from {part.n_sources} sources)")
+    if report.dry_run:
+        return f"Dry run: shard {part} would copy {share} to {report.out_dir}."
+    return (f"Shard {part}: copied {share} to {report.out_dir} in {seconds:.1f} s; once every "
+            f"shard is done: diffaug balance {report.in_dir} {report.out_dir} --finish")
 
 
 @contextlib.contextmanager

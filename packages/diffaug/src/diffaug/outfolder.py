@@ -41,8 +41,9 @@ from diffaug.io import (
 )
 from diffaug.layout import BalanceInputError
 
-__all__ = ["IDENTITY_KEYS", "OutputFolderBusyError", "check_output_folder",
-           "clean_output_folder", "locked_output_folder", "mismatched_files"]
+__all__ = ["IDENTITY_KEYS", "OutputFolderBusyError", "changed_files", "check_output_folder",
+           "clean_output_folder", "locked_output_folder", "mismatched_files", "planned_part",
+           "run_record_bytes"]
 
 IDENTITY_KEYS = ("command", "input", "options", "plan")  # what makes two runs "the same"
 
@@ -91,10 +92,17 @@ def check_output_folder(out_dir: Path, record: dict[str, Any]) -> bool:
     return (out_dir / MANIFEST_NAME).is_file()
 
 
-def clean_output_folder(out_dir: Path, expected: set[Path]) -> None:
+def run_record_bytes(record: dict[str, Any]) -> bytes:
+    """``diffaug-run.json`` as every run (and every shard of one) writes it."""
+    return json.dumps(record, indent=2).encode()
+
+
+def clean_output_folder(out_dir: Path, expected: set[Path], *,
+                        remove_temporary: bool = True) -> None:
     """Remove our stale temporary files from OUT; refuse a symbolic link, or a file or folder
     the run would not write (``expected``: files and folders relative to OUT, their parent
-    folders implied; dot-entries are ignored)."""
+    folders implied; dot-entries are ignored). Shards running in parallel pass
+    ``remove_temporary=False``: a temporary file may be another shard's write in progress."""
     expected = expected | {parent for path in expected for parent in path.parents}
     for folder, subfolders, files in os.walk(out_dir):
         here = Path(folder)
@@ -102,7 +110,8 @@ def clean_output_folder(out_dir: Path, expected: set[Path]) -> None:
         for name in sorted(subfolders + files):
             entry = here / name
             if _is_temporary(name):
-                entry.unlink()
+                if remove_temporary:
+                    entry.unlink()
             elif name.startswith("."):
                 continue
             elif entry.is_symlink():
@@ -124,12 +133,19 @@ def mismatched_files(in_dir: Path, out_dir: Path, copies: list[Path], rows: list
         listed = read_manifest(out_dir / MANIFEST_NAME)
     except (OSError, ValueError):  # UnicodeDecodeError and csv.Error included
         return [Path(MANIFEST_NAME)]
-    if [_planned_part(row) for row in listed] != [_planned_part(row) for row in rows]:
+    if [planned_part(row) for row in listed] != [planned_part(row) for row in rows]:
         return [Path(MANIFEST_NAME)]
-    synthetic = [Path(row.path) for row in listed]
-    checks = parallel_map(_same_file, [in_dir / path for path in copies] + [None] * len(listed),
+    return changed_files(in_dir, out_dir, copies, listed, parallel_map)
+
+
+def changed_files(in_dir: Path, out_dir: Path, copies: list[Path], rows: list[ManifestRow],
+                  parallel_map: Callable[..., Iterable[Any]]) -> list[Path]:
+    """Files of OUT (relative to it) missing or changed: synthetic files of ``rows`` without
+    their sha256, ``copies`` without their source's bytes."""
+    synthetic = [Path(row.path) for row in rows]
+    checks = parallel_map(_same_file, [in_dir / path for path in copies] + [None] * len(rows),
                           [out_dir / path for path in copies + synthetic],
-                          [None] * len(copies) + [row.sha256 for row in listed])
+                          [None] * len(copies) + [row.sha256 for row in rows])
     return [path for path, same in zip(copies + synthetic, checks, strict=True) if not same]
 
 
@@ -138,7 +154,7 @@ def _is_temporary(name: str) -> bool:
     return TEMPORARY_NAME.fullmatch(name) is not None
 
 
-def _planned_part(row: ManifestRow) -> tuple[str, str, str, str, int]:
+def planned_part(row: ManifestRow) -> tuple[str, str, str, str, int]:
     """What the plan fixes before any image is drawn (t, gamma and sha256 come from writing)."""
     return row.path, row.source, row.class_name, row.split, row.seed
 
