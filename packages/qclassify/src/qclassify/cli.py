@@ -15,6 +15,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -192,6 +193,29 @@ def _one_line_errors() -> Iterator[None]:
         raise click.ClickException(" ".join(str(err).split())) from err
 
 
+@contextlib.contextmanager
+def _torchrun_processes(device: str) -> Iterator[None]:
+    """Under torchrun, the process group of the command (`qclassify.distributed`): only rank 0
+    prints results and warnings, and of the ranks that fail only the first prints its error
+    line (the others failed because of it, or with the same error). Elsewhere nothing changes."""
+    from qclassify.distributed import torchrun_group  # imports torch: only for a command that runs
+
+    with contextlib.ExitStack() as stack:
+        with _one_line_errors():
+            ranks = stack.enter_context(torchrun_group(device))
+        if not ranks.is_main:
+            stack.enter_context(contextlib.redirect_stdout(
+                stack.enter_context(open(os.devnull, "w"))))
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")
+        try:
+            yield
+        except click.ClickException as err:
+            if ranks.first_to_fail():
+                raise
+            raise click.exceptions.Exit(err.exit_code) from None
+
+
 def _check_out(out: Path, *data_dirs: Path | None) -> None:
     """--out inside a data folder (or containing one) is a usage error, exit status 2, as
     `diffaug balance` refuses OUT inside IN; the library checks it again for its own callers."""
@@ -270,21 +294,22 @@ def fit(data: Path, out: Path | None, overwrite: bool, resume: bool, quiet: bool
 
     config = TrainConfig(**options)
     run_dir = out or Path("runs") / f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
-    _check_out(run_dir, data)
 
     def log_epoch(record: EpochRecord) -> None:
         click.echo(record.summary(config.epochs))
 
-    with _one_line_errors():
-        result = train.fit(data, run_dir, config, progress=not quiet, overwrite=overwrite,
-                           resume=resume, on_epoch=log_epoch)
-    stop = "early stop" if result.stopped_early else "all epochs"
-    # Named only now: a run refused by validation never creates its folder.
-    click.echo(f"run folder: {run_dir}")
-    click.echo(
-        f"best epoch {result.best_epoch} of {len(result.history)} ({stop}); "
-        f"{result.train_seconds:.1f}s; saved {run_dir / MODEL_FILE}"
-    )
+    with _torchrun_processes(config.device):
+        _check_out(run_dir, data)
+        with _one_line_errors():
+            result = train.fit(data, run_dir, config, progress=not quiet, overwrite=overwrite,
+                               resume=resume, on_epoch=log_epoch)
+        stop = "early stop" if result.stopped_early else "all epochs"
+        # Named only now: a run refused by validation never creates its folder.
+        click.echo(f"run folder: {run_dir}")
+        click.echo(
+            f"best epoch {result.best_epoch} of {len(result.history)} ({stop}); "
+            f"{result.train_seconds:.1f}s; saved {run_dir / MODEL_FILE}"
+        )
 
 
 @main.command()
