@@ -18,10 +18,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from qclassify.inference import evaluate_run  # noqa: E402
-from qclassify.runfolder import RunFolder  # noqa: E402
 import qclassify.train as train_module  # noqa: E402
 from qclassify.config import TrainConfig  # noqa: E402
+from qclassify.inference import evaluate_run  # noqa: E402
+from qclassify.runfolder import RunFolder  # noqa: E402
 
 pytestmark = pytest.mark.slow
 # 12 images a class in train/val/test folders: 16 training images, 4 global batches of 4.

@@ -43,6 +43,7 @@ from qclassify.options import (
 from qclassify.runfolder import METRICS_FILE, MODEL_FILE, check_separate
 
 if TYPE_CHECKING:
+    from qclassify.distributed import Ranks
     from qclassify.train import EpochRecord
 
 __all__ = [
@@ -194,7 +195,7 @@ def _one_line_errors() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _torchrun_processes(device: str) -> Iterator[None]:
+def _torchrun_processes(device: str) -> Iterator[Ranks]:
     """Under torchrun, the process group of the command (`qclassify.distributed`): only rank 0
     prints results and warnings, and of the ranks that fail only the first prints its error
     line (the others failed because of it, or with the same error). Elsewhere nothing changes."""
@@ -209,7 +210,7 @@ def _torchrun_processes(device: str) -> Iterator[None]:
             stack.enter_context(warnings.catch_warnings())
             warnings.simplefilter("ignore")
         try:
-            yield
+            yield ranks
         except click.ClickException as err:
             if ranks.first_to_fail():
                 raise
@@ -414,11 +415,14 @@ def compare(data: Path, augmented: Path | None, models: tuple[str, ...], out: Pa
     from qclassify.compare import compare as compare_runs
 
     selected = [name for entry in models for name in entry.split(",") if name.strip()]
-    _check_out(out, data, augmented)
-    with _one_line_errors():
-        result = compare_runs(data, augmented, out, models=selected or None,
-                              train_config=TrainConfig(**options), n_bootstrap=n_bootstrap,
-                              positive=positive, progress=not quiet)
+    with _torchrun_processes(options["device"]) as ranks:
+        _check_out(out, data, augmented)
+        with _one_line_errors():
+            result = compare_runs(data, augmented, out, models=selected or None,
+                                  train_config=TrainConfig(**options), n_bootstrap=n_bootstrap,
+                                  positive=positive, progress=not quiet)
+    if not ranks.is_main:  # under torchrun, rank 0 reports
+        return
     if as_json:
         summary = {"reference": result.reference, "trained": result.trained,
                    "skipped": result.skipped, "rows": result.rows,

@@ -39,7 +39,7 @@ from torch import nn
 from qclassify.devices import resolve_device
 from qclassify.options import OptionError
 
-__all__ = ["TORCHRUN_VARIABLES", "Ranks", "current_ranks", "torchrun_group", "under_torchrun"]
+__all__ = ["SINGLE_PROCESS", "TORCHRUN_VARIABLES", "Ranks", "current_ranks", "torchrun_group", "under_torchrun"]
 
 # What torchrun sets in every process it starts (and what a plain process lacks).
 TORCHRUN_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
@@ -135,11 +135,14 @@ class Ranks:
             return False
 
 
+SINGLE_PROCESS = Ranks()
+
+
 def current_ranks() -> Ranks:
     """This process's place in the default process group (a single process when there is
     none)."""
     if not (dist.is_available() and dist.is_initialized()):
-        return Ranks()
+        return SINGLE_PROCESS
     return Ranks(rank=dist.get_rank(), world_size=dist.get_world_size(),
                  local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 

@@ -35,7 +35,7 @@ from qclassify.batches import (
 from qclassify.config import TrainConfig, records_same_run, run_info
 from qclassify.data import DatasetSplit, discover_dataset
 from qclassify.devices import resolve_device
-from qclassify.distributed import Ranks, current_ranks
+from qclassify.distributed import SINGLE_PROCESS, Ranks, current_ranks
 from qclassify.images import ImageDataset
 from qclassify.metrics import youden_threshold
 from qclassify.models import build_model
@@ -228,7 +228,7 @@ class TrainingOutcome(NamedTuple):
 
 def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device: torch.device,
            run_dir: Path, progress: bool, on_epoch: Callable[[EpochRecord], None] | None,
-           resume: bool = False, ranks: Ranks = Ranks()) -> TrainingOutcome:
+           resume: bool = False, ranks: Ranks = SINGLE_PROCESS) -> TrainingOutcome:
     def loader(split: str, train: bool) -> DataLoader:
         samples = dataset.subset(split)
         augment_seed = config.seed if train and config.augment else None
@@ -370,7 +370,7 @@ def _decision_rule(
 
 
 def _train_epoch(model, loader, optimizer, device, *, progress: bool, desc: str,
-                 ranks: Ranks = Ranks()) -> float:
+                 ranks: Ranks = SINGLE_PROCESS) -> float:
     """One pass over `loader`; the mean cross-entropy (eq. 15 without its L2 term) per image
     (of every rank's images, under torchrun)."""
     model.train()
