@@ -10,9 +10,14 @@ Policies (why, in one line each):
 
 - ``--batch-size`` is the global batch: each rank trains on ``batch_size / N`` images, so the
   recipe of section 2.5 means the same thing whatever N is.
-- Each global batch is the single-process run's batch: `shard_sampler` deals the same seeded
-  permutation out in turn (rank r takes positions r, r + N, ...), so the first B positions,
-  split over the ranks, are exactly the single-process batch of B images.
+- Each global batch is the single-process run's batch: `qclassify.batches.make_loader` deals
+  the same seeded permutation out in turn (rank r takes positions r, r + N, ...), so the first
+  B positions, split over the ranks, are exactly the single-process batch of B images. At
+  most N - 1 images of an epoch's last batch are left out (a different few each epoch), so
+  that every rank takes the same number of steps; a lone last image is dropped as in one
+  process.
+- Dropout masks come from each rank's own random stream, so they are not the single-process
+  masks (the run is still reproducible for a given N).
 - BatchNorm: SyncBatchNorm on CUDA (statistics over the global batch, as in one process);
   torch implements it for GPUs only, so on the CPU each rank normalises its own B/N images.
 - Validation runs on rank 0 alone, over the whole split, with the unwrapped model: the same
