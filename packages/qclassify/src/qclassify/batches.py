@@ -45,12 +45,20 @@ def make_loader(
     seed: int = 0,
     device: torch.device | None = None,
     epoch_keys: bool = False,
+    num_replicas: int = 1,
+    rank: int = 0,
 ) -> DataLoader:
     """A DataLoader whose order depends only on `seed` (and, when shuffling, on the epoch set
     with ``loader.sampler.set_epoch(epoch)``), whatever `num_workers` is.
 
     With `epoch_keys` (shuffling loaders only), `dataset` is indexed by ``(epoch, index)``
     instead of ``index``, so per-epoch random augmentation can be seeded by the key.
+
+    With `num_replicas` > 1 (shuffling loaders of data-parallel training), this loader is the
+    shard of process `rank`: positions rank, rank + num_replicas, ... of the single-process
+    order, so the k-th batches of all shards together are the single-process k-th batch of
+    ``num_replicas * batch_size`` images. The last ``len(dataset) % num_replicas`` images of
+    the order are left out, so that every shard takes the same number of steps.
     """
     if epoch_keys and not shuffle:
         raise ValueError("epoch_keys needs shuffle=True (the epoch comes from the sampler)")
@@ -60,12 +68,14 @@ def make_loader(
     # created, and tqdm.auto calls iter() on its iterable twice.
     sampler_type = _EpochKeySampler if epoch_keys else DistributedSampler
     sampler = (
-        sampler_type(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+        sampler_type(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
+                     drop_last=True)
         if shuffle else None
     )
     # BatchNorm cannot train on a batch of one image; drop a lone last image (shuffled, so a
     # different one each epoch).
-    drop_last = shuffle and len(dataset) > batch_size and len(dataset) % batch_size == 1
+    n_images = len(dataset) if sampler is None else len(sampler)
+    drop_last = shuffle and n_images > batch_size and n_images % batch_size == 1
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -15,6 +15,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -51,6 +52,7 @@ from qclassify.options import (
 from qclassify.runfolder import METRICS_FILE, MODEL_FILE, check_separate
 
 if TYPE_CHECKING:
+    from qclassify.distributed import Ranks
     from qclassify.train import EpochRecord
 
 __all__ = [
@@ -278,6 +280,29 @@ def _one_line_errors() -> Iterator[None]:
         raise click.ClickException(" ".join(str(err).split())) from err
 
 
+@contextlib.contextmanager
+def _torchrun_processes(device: str) -> Iterator[Ranks]:
+    """Under torchrun, the process group of the command (`qclassify.distributed`): only rank 0
+    prints results and warnings, and of the ranks that fail only the first prints its error
+    line (the others failed because of it, or with the same error). Elsewhere nothing changes."""
+    from qclassify.distributed import torchrun_group  # imports torch: only for a command that runs
+
+    with contextlib.ExitStack() as stack:
+        with _one_line_errors():
+            ranks = stack.enter_context(torchrun_group(device))
+        if not ranks.is_main:
+            stack.enter_context(contextlib.redirect_stdout(
+                stack.enter_context(open(os.devnull, "w"))))
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")
+        try:
+            yield ranks
+        except click.ClickException as err:
+            if ranks.first_to_fail():
+                raise
+            raise click.exceptions.Exit(err.exit_code) from None
+
+
 def _check_out(out: Path, *data_dirs: Path | None) -> None:
     """--out inside a data folder (or containing one) is a usage error, exit status 2, as
     `diffaug balance` refuses OUT inside IN; the library checks it again for its own callers."""
@@ -358,24 +383,25 @@ def fit(ctx: click.Context, data: Path, out: Path | None, overwrite: bool, resum
 
     config = _train_config(ctx, options)
     run_dir = out or Path("runs") / f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
-    _check_out(run_dir, data)
 
     def log_epoch(record: EpochRecord) -> None:
         click.echo(record.summary(resolved.epochs))
 
-    with _one_line_errors():
-        config.validate()
-        resolved = config.resolved()
-        click.echo(config.recipe_summary())
-        result = train.fit(data, run_dir, resolved, progress=not quiet, overwrite=overwrite,
-                           resume=resume, on_epoch=log_epoch)
-    stop = "early stop" if result.stopped_early else "all epochs"
-    # Named only now: a run refused by validation never creates its folder.
-    click.echo(f"run folder: {run_dir}")
-    click.echo(
-        f"best epoch {result.best_epoch} of {len(result.history)} ({stop}); "
-        f"{result.train_seconds:.1f}s; saved {run_dir / MODEL_FILE}"
-    )
+    with _torchrun_processes(config.device):
+        _check_out(run_dir, data)
+        with _one_line_errors():
+            config.validate()
+            resolved = config.resolved()
+            click.echo(config.recipe_summary())
+            result = train.fit(data, run_dir, resolved, progress=not quiet,
+                               overwrite=overwrite, resume=resume, on_epoch=log_epoch)
+        stop = "early stop" if result.stopped_early else "all epochs"
+        # Named only now: a run refused by validation never creates its folder.
+        click.echo(f"run folder: {run_dir}")
+        click.echo(
+            f"best epoch {result.best_epoch} of {len(result.history)} ({stop}); "
+            f"{result.train_seconds:.1f}s; saved {run_dir / MODEL_FILE}"
+        )
 
 
 @main.command()
@@ -485,12 +511,15 @@ def compare(ctx: click.Context, data: Path, augmented: Path | None, models: tupl
     from qclassify.compare import compare as compare_runs
 
     selected = [name for entry in models for name in entry.split(",") if name.strip()]
-    _check_out(out, data, augmented)
-    with _one_line_errors():
-        result = compare_runs(data, augmented, out, models=selected or None,
-                              train_config=_train_config(ctx, options),
-                              n_bootstrap=n_bootstrap,
-                              positive=positive, progress=not quiet)
+    with _torchrun_processes(options["device"]) as ranks:
+        _check_out(out, data, augmented)
+        with _one_line_errors():
+            result = compare_runs(data, augmented, out, models=selected or None,
+                                  train_config=_train_config(ctx, options),
+                                  n_bootstrap=n_bootstrap,
+                                  positive=positive, progress=not quiet)
+    if not ranks.is_main:  # under torchrun, rank 0 reports
+        return
     if as_json:
         summary = {"reference": result.reference, "trained": result.trained,
                    "skipped": result.skipped, "rows": result.rows,

@@ -15,6 +15,7 @@ import filecmp
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from qclassify.compare_report import RunOutcome, write_report
 from qclassify.config import TrainConfig, config_group_source, run_is_complete
 from qclassify.data import discover_dataset
+from qclassify.distributed import current_ranks
 from qclassify.inference import check_positive, evaluate_run
 from qclassify.options import MODEL_NAMES, OptionError
 from qclassify.runfolder import RunFolder, check_separate
@@ -175,20 +177,28 @@ def compare(
     if any(spec.data == "balanced" for spec in runs):
         check_same_originals(data_dir, augmented_dir, config)
     sources = {"original": data_dir, "balanced": augmented_dir}
+    # Under torchrun every rank trains each run (DDP); rank 0 alone decides what to reuse (it
+    # reads the run folders), evaluates and reports.
+    ranks = current_ranks()
 
     trained, outcomes = [], []
-    bar = tqdm(runs, desc="compare", unit="run", disable=not progress)
+    bar = tqdm(runs, desc="compare", unit="run", disable=not (progress and ranks.is_main))
     for spec in bar:
         bar.set_postfix_str(spec.label)
         run_dir = report_dir / RUNS_FOLDER / spec.label
         run_config = dataclasses.replace(config, model=spec.model)
-        if not run_is_complete(run_dir, run_config, sources[spec.data]):
+        if not ranks.from_main(partial(run_is_complete, run_dir, run_config,
+                                       sources[spec.data])):
             fit(sources[spec.data], run_dir, run_config, progress=progress, overwrite=True)
             trained.append(spec.label)
+        if not ranks.is_main:
+            continue
         evaluated = _evaluation(run_dir, data_dir, run_config, n_bootstrap, positive,
                                 fresh=spec.label in trained)
         outcomes.append(RunOutcome(spec.label, spec.model, spec.data, spec.role, run_dir,
                                    *evaluated))
+    if not ranks.is_main:
+        return CompareResult(report_dir, runs, "", trained, skipped, [])
     reference = next((o.label for o in outcomes if o.role == "proposed"), outcomes[0].label)
     rows, files = write_report(
         report_dir, outcomes, reference=reference, n_bootstrap=n_bootstrap, seed=config.seed,

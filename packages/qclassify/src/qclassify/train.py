@@ -36,6 +36,7 @@ from qclassify.batches import (
 from qclassify.config import TrainConfig, config_group_source, records_same_run, run_info
 from qclassify.data import DatasetSplit, discover_dataset
 from qclassify.devices import resolve_device
+from qclassify.distributed import SINGLE_PROCESS, Ranks, current_ranks
 from qclassify.images import ImageDataset
 from qclassify.metrics import youden_threshold
 from qclassify.models import build_model
@@ -140,7 +141,10 @@ def fit(
     """
     config.validate()
     config = config.resolved()
-    device = resolve_device(config.device)
+    # Under torchrun (DDP): rank 0 alone validates, logs and writes the run folder.
+    ranks = current_ranks()
+    ranks.check_supported(config.batch_size, resume=resume)
+    device = ranks.device_for(resolve_device(config.device))
     data_dir, run_dir = Path(data_dir).resolve(), Path(run_dir)
     check_separate(run_dir, data_dir)
     dataset = discover_dataset(
@@ -160,7 +164,9 @@ def fit(
         q_device=config.q_device, stem=config.stem,
     )
     info = run_info(data_dir, config, dataset, model, device)
-    if resume:
+    if ranks.is_distributed:
+        info.update(torchrun_processes=ranks.world_size)
+    if resume or not ranks.is_main:
         staging, staged = run_dir, RunFolder(run_dir)
     else:
         staging = _prepare_run_dir(run_dir, overwrite)
@@ -169,14 +175,13 @@ def fit(
         staged.write_split(dataset.samples)
 
     with deterministic_algorithms():
-        history, best_epoch, best_state, val_outputs = _train(model, dataset, config, device,
-                                                              staging, progress, on_epoch,
-                                                              resume=resume)
+        history, best_epoch, best_state, val_outputs = _train(
+            model, dataset, config, device, staging, progress and ranks.is_main,
+            on_epoch if ranks.is_main else None, resume=resume, ranks=ranks)
     threshold, threshold_note = _decision_rule(config, info, val_outputs)
     if threshold_note is not None:
         warnings.warn(threshold_note, stacklevel=2)
     info.update(decision_threshold=threshold, decision_rule_note=threshold_note)
-    staged.write_config(info)
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "model": config.model,
@@ -193,9 +198,11 @@ def fit(
         "best_epoch": best_epoch,
         "state_dict": best_state,
     }
-    staged.write_checkpoint(checkpoint)
-    staged.training_state_file.unlink()  # model.pt is the finished run; nothing to resume
-    _replace_run(staging, run_dir)
+    if ranks.is_main:
+        staged.write_config(info)
+        staged.write_checkpoint(checkpoint)
+        staged.training_state_file.unlink()  # model.pt is the finished run; nothing to resume
+        _replace_run(staging, run_dir)
     model.load_state_dict(best_state)
     return FitResult(
         run_dir=run_dir,
@@ -235,16 +242,17 @@ class TrainingOutcome(NamedTuple):
 
 def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device: torch.device,
            run_dir: Path, progress: bool, on_epoch: Callable[[EpochRecord], None] | None,
-           resume: bool = False) -> TrainingOutcome:
+           resume: bool = False, ranks: Ranks = SINGLE_PROCESS) -> TrainingOutcome:
     def loader(split: str, train: bool) -> DataLoader:
         samples = dataset.subset(split)
         augment_seed = config.seed if train and config.augment else None
         images = ImageDataset(dataset.image_refs(samples), dataset.labels(samples),
                               config.image_size, augment_seed=augment_seed, cache=True,
                               window=config.window)
-        return make_loader(images, batch_size=config.batch_size, num_workers=config.num_workers,
-                           shuffle=train, seed=config.seed, device=device,
-                           epoch_keys=augment_seed is not None)
+        return make_loader(images, batch_size=config.batch_size // ranks.world_size,
+                           num_workers=config.num_workers, shuffle=train, seed=config.seed,
+                           device=device, epoch_keys=augment_seed is not None,
+                           num_replicas=ranks.world_size, rank=ranks.rank)
 
     folder = RunFolder(run_dir)
     train_loader = loader("train", train=True)
@@ -259,22 +267,19 @@ def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device:
     scheduler = make_scheduler(optimizer, config)
     state = (_restore(folder, model, optimizer, scheduler, device) if resume
              else _Progress())
+    trained = ranks.wrap(model, device)
     for epoch in range(len(state.history) + 1, config.epochs + 1):
         if state.should_stop(epoch - 1, config.patience):
             break
         start = time.perf_counter()
         train_loader.sampler.set_epoch(epoch)
-        train_loss = _train_epoch(model, train_loader, optimizer, device,
+        train_loss = _train_epoch(trained, train_loader, optimizer, device,
                                   progress=progress, desc=f"epoch {epoch}/{config.epochs}",
-                                  label_smoothing=config.label_smoothing)
+                                  label_smoothing=config.label_smoothing, ranks=ranks)
         if scheduler is not None:
             scheduler.step()
-        # The same computation as evaluate/predict on model.pt (batches.predict_proba), so the
-        # best epoch's validation probabilities, and a threshold tuned on them, are
-        # reproducible from the saved model.
-        logits, _ = predict_dataset_logits(model, val_images, device=device)
-        val_loss = F.cross_entropy(logits, val_labels).item()
-        proba, labels = probabilities(logits), val_labels.numpy()
+        val_loss, labels, proba = ranks.from_main(
+            lambda: _validate(model, val_images, val_labels, device))
         record = EpochRecord(
             epoch=epoch,
             train_loss=train_loss,
@@ -289,14 +294,27 @@ def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device:
             state.best_epoch, state.best_val = epoch, (labels, proba)
             state.best_loss, state.best_auc = val_loss, record.val_auc
             state.best_state = _cpu_copy(model.state_dict())
-        folder.write_history(HISTORY_COLUMNS, (asdict(r) for r in state.history))
-        _save(folder, state, model, optimizer, scheduler)
+        if ranks.is_main:
+            folder.write_history(HISTORY_COLUMNS, (asdict(r) for r in state.history))
+            _save(folder, state, model, optimizer, scheduler)
         if on_epoch is not None:
             on_epoch(record)
     if state.best_state is None:  # every validation loss was NaN: keep the last weights
         state.best_epoch, state.best_val = len(state.history), (labels, proba)
         state.best_state = _cpu_copy(model.state_dict())
     return TrainingOutcome(state.history, state.best_epoch, state.best_state, state.best_val)
+
+
+def _validate(model: nn.Module, val_images: ImageDataset, val_labels: torch.Tensor,
+              device: torch.device) -> tuple[float, np.ndarray, np.ndarray]:
+    """Validation loss, labels and probabilities of the unwrapped `model`.
+
+    The same computation as evaluate/predict on model.pt (batches.predict_proba), so the best
+    epoch's validation probabilities, and a threshold tuned on them, are reproducible from the
+    saved model.
+    """
+    logits, _ = predict_dataset_logits(model, val_images, device=device)
+    return F.cross_entropy(logits, val_labels).item(), val_labels.numpy(), probabilities(logits)
 
 
 def _cpu_copy(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -369,9 +387,10 @@ def _decision_rule(
 
 
 def _train_epoch(model, loader, optimizer, device, *, progress: bool, desc: str,
-                 label_smoothing: float = 0.0) -> float:
-    """One pass over `loader`; the mean cross-entropy (eq. 15 without its L2 term) per image,
-    with `label_smoothing` (the validation loss is never smoothed: it measures the model)."""
+                 label_smoothing: float = 0.0, ranks: Ranks = SINGLE_PROCESS) -> float:
+    """One pass over `loader`; the mean cross-entropy (eq. 15 without its L2 term) per image
+    (of every rank's images, under torchrun), with `label_smoothing` (the validation loss is
+    never smoothed: it measures the model)."""
     model.train()
     total_loss, n_images = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
@@ -385,6 +404,7 @@ def _train_epoch(model, loader, optimizer, device, *, progress: bool, desc: str,
         total_loss += loss.item() * len(labels)
         n_images += len(labels)
         bar.set_postfix(loss=f"{total_loss / n_images:.4f}", refresh=False)
+    total_loss, n_images = ranks.sum(total_loss, n_images)
     return total_loss / n_images
 
 
