@@ -126,8 +126,10 @@ def test_torchrun_fit_equals_a_single_process_run(data, tmp_path, monkeypatch):
         p.name for p in single.path.iterdir())
     assert ddp.read_split() == single.read_split()
     assert ddp.read_config()["torchrun_processes"] == 2
+    # Losses and weights only: a one-epoch model scores the validation images within ~1e-7 of
+    # each other, so their rank order (val_auc, val_accuracy) is float noise, not DDP's doing.
     for ddp_row, single_row in zip(ddp.read_history(), single.read_history(), strict=True):
-        for column in ("train_loss", "val_loss", "val_accuracy", "val_auc"):
+        for column in ("train_loss", "val_loss"):
             assert ddp_row[column] == pytest.approx(single_row[column], abs=LOSS_ATOL)
     ddp_state = ddp.read_checkpoint()["state_dict"]
     for name, tensor in single.read_checkpoint()["state_dict"].items():
