@@ -38,6 +38,7 @@ from qclassify.options import (
     THRESHOLD_RULES,
     OptionError,
     TrainConfig,
+    parse_seeds,
 )
 from qclassify.runfolder import METRICS_FILE, MODEL_FILE, check_separate
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DeviceType",
+    "SeedsType",
     "bootstrap_option",
     "device_option",
     "json_option",
@@ -53,6 +55,7 @@ __all__ = [
     "positive_option",
     "quiet_option",
     "seed_option",
+    "seeds_option",
     "training_options",
 ]
 
@@ -87,6 +90,38 @@ class DeviceType(click.ParamType):
         except ValueError as err:
             self.fail(str(err), param, ctx)
         return value
+
+
+class SeedsType(click.ParamType):
+    """``--seeds``: ``0-4``, ``0,2,5`` or ``3`` -> a sorted list of unique seeds."""
+
+    name = "SEEDS"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> list[int]:
+        if isinstance(value, list):
+            return value
+        try:
+            return parse_seeds(value)
+        except OptionError as err:
+            self.fail(err.text, param, ctx)
+
+
+seeds_option = click.option(
+    "--seeds", type=SeedsType(), default=None,
+    help="Train a seed ensemble: one member per seed (e.g. 0-4, 0,2,5), sharing the split of "
+         "the first seed; evaluate/predict use the mean probability. Excludes --seed.",
+)
+
+
+def _check_one_seed_option(seeds: list[int] | None) -> None:
+    """--seed and --seeds both typed: a usage error (exit 2), not a silent choice."""
+    ctx = click.get_current_context()
+    typed = ctx.get_parameter_source("seed") in (click.core.ParameterSource.COMMANDLINE,
+                                                  click.core.ParameterSource.ENVIRONMENT)
+    if seeds is not None and typed:
+        raise click.UsageError("--seed and --seeds are mutually exclusive: give one seed with "
+                               "--seed or an ensemble's seeds with --seeds")
 
 
 seed_option = click.option(
@@ -254,9 +289,10 @@ def main(ctx: click.Context) -> None:
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run in --out after its last finished epoch "
                    "(same options; the result equals an uninterrupted run).")
+@seeds_option
 @quiet_option
 def fit(data: Path, out: Path | None, overwrite: bool, resume: bool, quiet: bool,
-        **options: Any) -> None:
+        seeds: list[int] | None, **options: Any) -> None:
     """Train a model on DATA (DATA/<class>/* or DATA/train|val|test/<class>/*).
 
     \b
@@ -265,12 +301,18 @@ def fit(data: Path, out: Path | None, overwrite: bool, resume: bool, quiet: bool
         qclassify fit balanced/ --out runs/q --weights none --image-size 64
         qclassify fit balanced/ --out runs/q2 --model resnet18 --epochs 60 --patience 10
         qclassify fit balanced/ --out runs/q2 --model resnet18 --epochs 60 --patience 10 --resume
+        qclassify fit balanced/ --out runs/q5 --weights none --seeds 0-4
     """
     from qclassify import train
 
+    _check_one_seed_option(seeds)
     config = TrainConfig(**options)
     run_dir = out or Path("runs") / f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
     _check_out(run_dir, data)
+    if seeds is not None:
+        _fit_ensemble(data, run_dir, config, seeds, overwrite=overwrite, resume=resume,
+                      quiet=quiet)
+        return
 
     def log_epoch(record: EpochRecord) -> None:
         click.echo(record.summary(config.epochs))
@@ -285,6 +327,26 @@ def fit(data: Path, out: Path | None, overwrite: bool, resume: bool, quiet: bool
         f"best epoch {result.best_epoch} of {len(result.history)} ({stop}); "
         f"{result.train_seconds:.1f}s; saved {run_dir / MODEL_FILE}"
     )
+
+
+def _fit_ensemble(data: Path, run_dir: Path, config: TrainConfig, seeds: list[int], *,
+                  overwrite: bool, resume: bool, quiet: bool) -> None:
+    """`fit --seeds`: one member per seed (`qclassify.ensemble.fit_seeds`)."""
+    from qclassify.ensemble import fit_seeds
+
+    def log_epoch(seed: int, record: EpochRecord) -> None:
+        click.echo(f"seed {seed}  {record.summary(config.epochs)}")
+
+    with _one_line_errors():
+        result = fit_seeds(data, run_dir, config, seeds, progress=not quiet,
+                           overwrite=overwrite, resume=resume, on_epoch=log_epoch)
+    click.echo(f"run folder: {run_dir}")
+    reused = f"; already finished: {_seed_list(result.skipped)}" if result.skipped else ""
+    click.echo(f"seed ensemble of {len(seeds)}: trained {_seed_list(result.trained)}{reused}")
+
+
+def _seed_list(seeds: Any) -> str:
+    return ", ".join(str(seed) for seed in seeds) or "none"
 
 
 @main.command()

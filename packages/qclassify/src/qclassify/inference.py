@@ -242,12 +242,19 @@ def evaluate_run(
     device: str = "auto",
     progress: bool = False,
 ) -> Evaluation:
-    """`evaluate_test_split` then `save_evaluation`: what ``qclassify evaluate`` does.
+    """`evaluate_test_split` then `save_evaluation`: what ``qclassify evaluate`` does; for a
+    seed ensemble (``fit --seeds``), `qclassify.ensemble.evaluate_ensemble`.
 
     Raises:
         ValueError: see both; the folder overlap is checked before any image is predicted.
     """
     folder = RunFolder(run_dir)
+    if folder.is_ensemble():
+        from qclassify.ensemble_run import evaluate_ensemble  # it builds on this module
+
+        return evaluate_ensemble(run_dir, data_dir, n_bootstrap=n_bootstrap, positive=positive,
+                                 seed=seed, batch_size=batch_size, device=device,
+                                 progress=progress)
     if folder.model_file.is_file():  # else evaluate_test_split says what is missing
         data = _data_dir(folder.path, folder.read_config(), data_dir)
         check_separate(folder.path, data, option="run folder")  # before predicting anything
@@ -272,6 +279,8 @@ def predict_paths(
     class folders without their sub-folders); dot-entries inside them are skipped, while a
     file named explicitly is always used.
 
+    A seed ensemble predicts the mean of its members' probabilities.
+
     Returns one row per readable image, keys in CSV column order:
     ``path, predicted_class, p_<class>...``. Unreadable images are skipped with a warning.
 
@@ -281,7 +290,7 @@ def predict_paths(
     Raises:
         ValueError: a path does not exist, or no readable image was given.
     """
-    run = load_run(run_dir, device=device)
+    run = _load_predictor(run_dir, device)
     files = _expand(paths)
     for path, reason in find_unreadable(files, progress=progress).items():
         warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=2)
@@ -295,6 +304,15 @@ def predict_paths(
          **_probability_columns(run.class_names, row)}
         for path, k, row in zip(files, predicted, proba, strict=True)
     ]
+
+
+def _load_predictor(run_dir: str | Path, device: str):
+    """A single run (`load_run`) or, for a folder made with ``fit --seeds``, its ensemble."""
+    if RunFolder(run_dir).is_ensemble():
+        from qclassify.ensemble_run import load_ensemble  # it builds on this module
+
+        return load_ensemble(run_dir, device=device)
+    return load_run(run_dir, device=device)
 
 
 def _expand(paths: Sequence[str | Path]) -> list[Path]:

@@ -22,7 +22,9 @@ from typing import IO, Any
 __all__ = [
     "CONFIG_FILE",
     "CONFUSION_MATRIX_FILE",
+    "ENSEMBLE_KEY",
     "HISTORY_FILE",
+    "MEMBER_PREFIX",
     "METRICS_FILE",
     "MODEL_FILE",
     "PREDICTIONS_FILE",
@@ -35,6 +37,7 @@ __all__ = [
     "Sample",
     "atomic_write",
     "check_separate",
+    "member_name",
     "read_csv_rows",
     "read_json",
     "read_split_csv",
@@ -56,6 +59,10 @@ ROC_FILE = "roc.png"
 # Everything `fit --resume` needs to continue after the last finished epoch (torchvision's
 # reference-script layout); removed once model.pt is written.
 TRAINING_STATE_FILE = "training-state.pt"
+# A seed ensemble (`fit --seeds`) keeps one complete run folder per seed, ``seed-<k>/``, and
+# records its seeds under this key of its own config.json.
+MEMBER_PREFIX = "seed-"
+ENSEMBLE_KEY = "ensemble"
 # split.csv: every image of the dataset with its class, split and whether it is synthetic.
 SPLIT_COLUMNS = ("path", "class", "split", "synthetic")
 RUN_FILES = (
@@ -79,6 +86,11 @@ class Sample:
     class_name: str
     split: str
     synthetic: bool = False
+
+
+def member_name(seed: int) -> str:
+    """The folder name of an ensemble's member trained with `seed` (``seed-<k>``)."""
+    return f"{MEMBER_PREFIX}{seed}"
 
 
 def split_row(sample: Sample) -> dict[str, str]:
@@ -151,6 +163,41 @@ class RunFolder:
         """Whether `fit` finished here: config, history and model (written last) exist."""
         return all(path.is_file() for path in (self.config_file, self.history_file,
                                                self.model_file))
+
+    def is_ensemble(self) -> bool:
+        """Whether ``config.json`` describes a seed ensemble (`fit --seeds`); False without a
+        readable one."""
+        try:
+            return ENSEMBLE_KEY in self.read_config()
+        except ValueError:
+            return False
+
+    def member(self, seed: int) -> RunFolder:
+        """The run folder of the ensemble member trained with `seed`."""
+        return RunFolder(self.path / member_name(seed))
+
+    def members(self) -> list[RunFolder]:
+        """The members that ``config.json`` lists, in seed order.
+
+        Raises:
+            ValueError: the folder is not an ensemble, naming its config.json.
+        """
+        ensemble = self.read_config().get(ENSEMBLE_KEY)
+        if not isinstance(ensemble, dict) or not isinstance(ensemble.get("seeds"), list):
+            raise ValueError(f"{self.config_file} describes no seed ensemble")
+        return [self.member(int(seed)) for seed in ensemble["seeds"]]
+
+    def is_finished_ensemble(self) -> bool:
+        """Whether a seed ensemble is finished: its final config.json (marked complete, written
+        after the last member) and every member's `is_trained`."""
+        if not self.is_ensemble():
+            return False
+        return (self.read_config()[ENSEMBLE_KEY].get("complete") is True
+                and all(member.is_trained() for member in self.members()))
+
+    def member_folders(self) -> list[Path]:
+        """Every ``seed-<k>`` folder present, listed in config.json or not."""
+        return sorted(path for path in self.path.glob(f"{MEMBER_PREFIX}*") if path.is_dir())
 
     def existing_files(self) -> list[str]:
         """The names of `RUN_FILES` present in the folder."""

@@ -103,6 +103,7 @@ def fit(
     overwrite: bool = False,
     resume: bool = False,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    split_seed: int | None = None,
 ) -> FitResult:
     """Train `config.model` on `data_dir` and write the run folder `run_dir`.
 
@@ -121,6 +122,8 @@ def fit(
             training state written after every epoch: model, optimizer, scheduler, progress
             and RNG states), with the same options and data; the result equals an
             uninterrupted run's.
+        split_seed: seeds the split of a class-folder dataset instead of ``config.seed`` (the
+            members of a seed ensemble share one split); recorded in ``config.json``.
         on_epoch: called with each epoch's record as soon as the epoch ends.
 
     Raises:
@@ -133,7 +136,8 @@ def fit(
     data_dir, run_dir = Path(data_dir).resolve(), Path(run_dir)
     check_separate(run_dir, data_dir)
     dataset = discover_dataset(
-        data_dir, seed=config.seed, val_fraction=config.val_fraction,
+        data_dir, seed=config.seed if split_seed is None else split_seed,
+        val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
     )
     if config.threshold != "argmax" and len(dataset.class_names) != 2:
@@ -148,6 +152,8 @@ def fit(
         q_device=config.q_device,
     )
     info = run_info(data_dir, config, dataset, model, device)
+    if split_seed is not None:  # a plain run's config.json stays as it was
+        info["split_seed"] = split_seed
     if resume:
         staging, staged = run_dir, RunFolder(run_dir)
     else:
