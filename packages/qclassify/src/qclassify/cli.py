@@ -432,13 +432,14 @@ def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str,
               default=Path("runs") / "compare", show_default=True,
               help="Report folder; its runs/ subfolder is reused by a later call.")
 @training_options
+@seeds_option
 @bootstrap_option
 @positive_option
 @json_option
 @quiet_option
 def compare(data: Path, augmented: Path | None, models: tuple[str, ...], out: Path,
             n_bootstrap: int, positive: str | None, as_json: bool, quiet: bool,
-            **options: Any) -> None:
+            seeds: list[int] | None, **options: Any) -> None:
     """Section 3 of the paper on DATA: the proposed model (qmobilenet on the balanced data),
     four baselines and two ablations, all tested on DATA's test images, with paired tests.
 
@@ -447,18 +448,22 @@ def compare(data: Path, augmented: Path | None, models: tuple[str, ...], out: Pa
         diffaug balance data/ balanced/ --ratio 0.7 --seed 0
         qclassify compare data/ --augmented balanced/ --out report/ --weights none
         qclassify compare data/ --augmented balanced/ --models qmobilenet@balanced,resnet18
+        qclassify compare data/ --augmented balanced/ --out report5/ --seeds 0-4
     """
     from qclassify.compare import compare as compare_runs
 
+    _check_one_seed_option(seeds)
     selected = [name for entry in models for name in entry.split(",") if name.strip()]
     _check_out(out, data, augmented)
     with _one_line_errors():
         result = compare_runs(data, augmented, out, models=selected or None,
                               train_config=TrainConfig(**options), n_bootstrap=n_bootstrap,
-                              positive=positive, progress=not quiet)
+                              positive=positive, progress=not quiet, seeds=seeds)
     if as_json:
         summary = {"reference": result.reference, "trained": result.trained,
                    "skipped": result.skipped, "rows": result.rows,
+                   **({} if seeds is None else {"seeds": seeds,
+                                                "seed_summary": result.seed_summary}),
                    "files": {name: str(path) for name, path in result.files.items()}}
         click.echo(json.dumps(summary, indent=2, allow_nan=True))
         return
@@ -467,9 +472,22 @@ def compare(data: Path, augmented: Path | None, models: tuple[str, ...], out: Pa
         click.echo(f"{row['run']:<24}{_number(row['accuracy']):>10}{_number(row['f1']):>8}"
                    f"{_number(row['auc']):>8}{_number(row['delong_p']):>10}"
                    f"{_number(row['mcnemar_p']):>11}")
+    if seeds is not None:
+        _echo_seed_summary(result.seed_summary, len(seeds))
     reused = len(result.rows) - len(result.trained)
     click.echo(f"trained {len(result.trained)} run(s), reused {reused}; p-values against "
                f"{result.reference}; report: {result.files['results_md']}")
+
+
+def _echo_seed_summary(summary: list[dict], n_seeds: int) -> None:
+    """The across-seeds AUC of each row and its paired t-test against the reference."""
+    click.echo(f"\nAUC across {n_seeds} seeds (the table above: the seed ensembles)")
+    click.echo(f"{'run':<24}{'mean':>8}{'sd':>8}{'95% t-interval':>20}{'paired p':>10}")
+    for row in summary:
+        interval = (None if row["auc_ci_low"] is None
+                    else [row["auc_ci_low"], row["auc_ci_high"]])
+        click.echo(f"{row['run']:<24}{_number(row['auc_mean']):>8}{_number(row['auc_sd']):>8}"
+                   f"{_interval(interval):>20}{_number(row['auc_paired_p']):>10}")
 
 
 def _number(value: float | None) -> str:

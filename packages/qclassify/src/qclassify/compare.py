@@ -21,8 +21,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from qclassify.compare_report import RunOutcome, write_report
+from qclassify.compare_seeds import write_seed_report
 from qclassify.config import TrainConfig, run_is_complete
 from qclassify.data import discover_dataset
+from qclassify.ensemble import fit_or_reuse_seeds
 from qclassify.inference import check_positive, evaluate_run
 from qclassify.options import MODEL_NAMES, OptionError
 from qclassify.runfolder import RunFolder, check_separate
@@ -69,6 +71,8 @@ class CompareResult:
     skipped: list[str]  # default runs left out because no balanced data was given
     rows: list[dict]  # one per run, the columns of results.csv
     files: dict[str, Path] = field(default_factory=dict)  # results/figure name -> path
+    seeds: list[int] | None = None  # with --seeds: every row is a seed ensemble
+    seed_summary: list[dict] = field(default_factory=list)  # one per run, across seeds
 
 
 def select_runs(models: Sequence[str] | None, *, has_augmented: bool) -> tuple[list[RunSpec],
@@ -126,6 +130,7 @@ def compare(
     n_bootstrap: int = 500,
     positive: str | None = None,
     progress: bool = True,
+    seeds: Sequence[int] | None = None,
 ) -> CompareResult:
     """Train (or reuse) every selected run, evaluate all on DATA's test images, write the report.
 
@@ -143,6 +148,9 @@ def compare(
         train_config: options of every run (its ``model`` is replaced per run); the paper's
             recipe by default. Its seed also seeds the bootstrap.
         positive: positive class of a two-class task; default the training minority.
+        seeds: train every row as a seed ensemble (`qclassify.ensemble.fit_seeds`, split of
+            the first seed, which also seeds the bootstrap) and add the across-seeds report
+            (`qclassify.compare_seeds`); None: one run per row with ``train_config.seed``.
 
     Every option, folder and the data are checked before the first run is trained.
 
@@ -151,6 +159,11 @@ def compare(
             originals differ from DATA's, runs that disagree on the test set or positive class.
     """
     config = train_config or TrainConfig()
+    if seeds is not None:
+        seeds = sorted(set(seeds))
+        if not seeds:
+            raise OptionError("must list one or more seeds", "seeds")
+        config = dataclasses.replace(config, seed=seeds[0])
     config.validate()
     data_dir, report_dir = Path(data_dir), Path(report_dir)
     augmented_dir = None if augmented_dir is None else Path(augmented_dir)
@@ -172,19 +185,29 @@ def compare(
         check_same_originals(data_dir, augmented_dir, config)
     sources = {"original": data_dir, "balanced": augmented_dir}
 
-    trained, outcomes = [], []
+    trained, outcomes, members = [], [], {}
     bar = tqdm(runs, desc="compare", unit="run", disable=not progress)
     for spec in bar:
         bar.set_postfix_str(spec.label)
         run_dir = report_dir / RUNS_FOLDER / spec.label
         run_config = dataclasses.replace(config, model=spec.model)
-        if not run_is_complete(run_dir, run_config, sources[spec.data]):
+        if seeds is not None:
+            if fit_or_reuse_seeds(sources[spec.data], run_dir, run_config, seeds,
+                                  progress=progress):
+                trained.append(spec.label)
+        elif not run_is_complete(run_dir, run_config, sources[spec.data]):
             fit(sources[spec.data], run_dir, run_config, progress=progress, overwrite=True)
             trained.append(spec.label)
         evaluated = _evaluation(run_dir, data_dir, run_config, n_bootstrap, positive,
                                 fresh=spec.label in trained)
         outcomes.append(RunOutcome(spec.label, spec.model, spec.data, spec.role, run_dir,
                                    *evaluated))
+        if seeds is not None:  # evaluated with the ensemble: read back
+            members[spec.label] = {
+                seed: RunOutcome(spec.label, spec.model, spec.data, spec.role, member.path,
+                                 *_evaluation(member.path, data_dir, run_config, n_bootstrap,
+                                              positive, fresh=False))
+                for seed, member in zip(seeds, RunFolder(run_dir).members(), strict=True)}
     reference = next((o.label for o in outcomes if o.role == "proposed"), outcomes[0].label)
     rows, files = write_report(
         report_dir, outcomes, reference=reference, n_bootstrap=n_bootstrap, seed=config.seed,
@@ -196,7 +219,12 @@ def compare(
             "skipped_without_augmented": skipped,
         },
     )
-    return CompareResult(report_dir, runs, reference, trained, skipped, rows, files)
+    result = CompareResult(report_dir, runs, reference, trained, skipped, rows, files, seeds)
+    if seeds is not None:
+        result.seed_summary, seed_files = write_seed_report(
+            report_dir, outcomes, members, reference=reference, ensemble_rows=rows)
+        files.update(seed_files)
+    return result
 
 
 def check_same_originals(data_dir: Path, augmented_dir: Path, config: TrainConfig) -> None:
@@ -245,8 +273,10 @@ def _evaluation(run_dir: Path, data_dir: Path, config: TrainConfig, n_bootstrap:
     read back from metrics.json and predictions.csv when an earlier call wrote them with these
     settings after the model, else evaluated (and written) now."""
     folder = RunFolder(run_dir)
+    # A seed ensemble's config.json is written after its last member's model.pt.
+    trained_file = folder.config_file if folder.is_ensemble() else folder.model_file
     if (not fresh and folder.metrics_file.is_file() and folder.predictions_file.is_file()
-            and folder.metrics_file.stat().st_mtime >= folder.model_file.stat().st_mtime):
+            and folder.metrics_file.stat().st_mtime >= trained_file.stat().st_mtime):
         metrics = folder.read_metrics()
         same = (metrics.get("n_bootstrap") == n_bootstrap
                 and metrics.get("bootstrap_seed") == config.seed

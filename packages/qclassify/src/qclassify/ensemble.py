@@ -29,7 +29,7 @@ from qclassify.options import OptionError
 from qclassify.runfolder import ENSEMBLE_KEY, RUN_FILES, RunFolder, check_separate, member_name
 from qclassify.train import EpochRecord, FitResult, fit
 
-__all__ = ["EnsembleFitResult", "ensemble_is_complete", "fit_seeds"]
+__all__ = ["EnsembleFitResult", "ensemble_is_complete", "fit_or_reuse_seeds", "fit_seeds"]
 
 # Hidden folder inside RUN where an --overwrite ensemble is trained until it is finished.
 _STAGING_PREFIX = ".fit-seeds-"
@@ -213,3 +213,16 @@ def _replace_ensemble(staging: Path, run_dir: Path) -> None:
     os.replace(new.split_file, old.split_file)
     os.replace(new.config_file, old.config_file)
     staging.rmdir()
+
+
+def fit_or_reuse_seeds(data_dir: str | Path, run_dir: str | Path, config: TrainConfig,
+                       seeds: Sequence[int], *, progress: bool = True) -> bool:
+    """What ``compare --seeds`` does with a row's folder: reuse a finished ensemble of these
+    options and seeds, continue an interrupted one (its finished members kept), or train it
+    anew over whatever the folder held. Returns whether anything was trained."""
+    if ensemble_is_complete(run_dir, config, seeds, data_dir):
+        return False
+    resume = _same_ensemble(RunFolder(run_dir), config, seeds, data_dir)
+    fit_seeds(data_dir, run_dir, config, seeds, progress=progress, overwrite=not resume,
+              resume=resume)
+    return True

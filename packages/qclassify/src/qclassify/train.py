@@ -435,6 +435,8 @@ def _replace_run(staging: Path, run_dir: Path) -> None:
         return
     for name in (MODEL_FILE, *RUN_FILES):
         (run_dir / name).unlink(missing_ok=True)
+    for member in RunFolder(run_dir).member_folders():  # a seed ensemble replaced by one run
+        shutil.rmtree(member)
     for name in sorted(RUN_FILES, key=lambda name: name == MODEL_FILE):
         if (staging / name).exists():
             os.replace(staging / name, run_dir / name)
