@@ -1,5 +1,5 @@
-"""``qclassify`` command line: a thin shell over `train.fit`, `inference.evaluate_run`,
-`inference.predict_paths` and `compare.compare`.
+"""``qclassify`` command line: a thin shell over `train.fit` (`ensemble.fit_seeds` with
+``--seeds``), `ensemble_run.evaluate_any`, `ensemble_run.predict_any` and `compare.compare`.
 
 Shared options are decorators (`seed_option`, `device_option`, `training_options`, ...) so
 other commands reuse them; the values of `training_options` are the fields of `TrainConfig`.
@@ -364,6 +364,9 @@ def evaluate(run: Path, data: Path | None, n_bootstrap: int, positive: str | Non
              device: str, batch_size: int, as_json: bool, quiet: bool) -> None:
     """Test-set metrics of RUN with bootstrap 95% CIs (DATA defaults to the training data).
 
+    A seed ensemble (fit --seeds) is evaluated by its members' mean probability; its
+    metrics.json adds every member's metrics and their mean, sd and 95% t-interval.
+
     Writes metrics.json, predictions.csv, confusion_matrix.png and roc.png into RUN.
 
     \b
@@ -371,11 +374,11 @@ def evaluate(run: Path, data: Path | None, n_bootstrap: int, positive: str | Non
         qclassify evaluate runs/q
         qclassify evaluate runs/q --bootstrap 2000 --json > metrics.json
     """
-    from qclassify.inference import evaluate_run
+    from qclassify.ensemble_run import evaluate_any
     from qclassify.metrics import METRIC_NAMES
 
     with _one_line_errors():
-        metrics = evaluate_run(run, data, n_bootstrap=n_bootstrap, positive=positive, seed=seed,
+        metrics = evaluate_any(run, data, n_bootstrap=n_bootstrap, positive=positive, seed=seed,
                                batch_size=batch_size, device=device, progress=not quiet).metrics
     if as_json:
         click.echo(json.dumps(metrics, indent=2, allow_nan=True))
@@ -399,6 +402,8 @@ def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str,
             quiet: bool) -> None:
     """Print CSV path,predicted_class,p_<class>... for images and folders of images.
 
+    A seed ensemble (fit --seeds) predicts its members' mean probability.
+
     Folders are searched recursively (dot-entries skipped). The CSV goes to stdout, progress
     bars and warnings to stderr.
 
@@ -407,10 +412,10 @@ def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str,
         qclassify predict runs/q new_images/ > predictions.csv
         qclassify predict runs/q scan_001.png scan_002.png --device cpu
     """
-    from qclassify.inference import predict_paths
+    from qclassify.ensemble_run import predict_any
 
     with _one_line_errors():
-        rows = predict_paths(run, paths, batch_size=batch_size, device=device,
+        rows = predict_any(run, paths, batch_size=batch_size, device=device,
                              progress=not quiet)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")

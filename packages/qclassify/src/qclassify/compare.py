@@ -25,7 +25,8 @@ from qclassify.compare_seeds import write_seed_report
 from qclassify.config import TrainConfig, run_is_complete
 from qclassify.data import discover_dataset
 from qclassify.ensemble import fit_or_reuse_seeds
-from qclassify.inference import check_positive, evaluate_run
+from qclassify.ensemble_run import evaluate_any
+from qclassify.inference import check_positive
 from qclassify.options import MODEL_NAMES, OptionError
 from qclassify.runfolder import RunFolder, check_separate
 from qclassify.train import fit
@@ -283,7 +284,7 @@ def _evaluation(run_dir: Path, data_dir: Path, config: TrainConfig, n_bootstrap:
                 and (positive is None or metrics.get("positive_class") == positive))
         if same:
             return metrics, *_saved_predictions(folder, metrics["class_names"])
-    evaluation = evaluate_run(run_dir, data_dir, n_bootstrap=n_bootstrap, positive=positive,
+    evaluation = evaluate_any(run_dir, data_dir, n_bootstrap=n_bootstrap, positive=positive,
                               seed=config.seed, device=config.device)
     return evaluation.metrics, evaluation.paths, evaluation.labels, evaluation.proba
 

@@ -16,16 +16,18 @@ from qclassify.batches import EVAL_BATCH_SIZE
 from qclassify.inference import (
     Evaluation,
     LoadedRun,
+    evaluate_run,
     evaluate_test_split,
     load_run,
+    predict_files,
     save_evaluation,
 )
 from qclassify.metrics import METRIC_NAMES, evaluate_predictions, predict_classes
 from qclassify.runfolder import RunFolder, check_separate
 from qclassify.stats import summarize_seeds
 
-__all__ = ["EnsembleEvaluation", "EnsembleRun", "evaluate_ensemble", "load_ensemble",
-           "mean_probability", "members_summary"]
+__all__ = ["EnsembleEvaluation", "EnsembleRun", "evaluate_any", "evaluate_ensemble",
+           "load_ensemble", "mean_probability", "members_summary", "predict_any"]
 
 
 def mean_probability(probabilities: Sequence[np.ndarray]) -> np.ndarray:
@@ -183,3 +185,21 @@ def _positive_index(metrics: dict) -> int | None:
 
 def _sum_or_none(values: list) -> float | None:
     return None if any(v is None for v in values) else sum(values)
+
+
+def evaluate_any(run_dir: str | Path, data_dir: str | Path | None = None,
+                 **options) -> Evaluation:
+    """What ``qclassify evaluate RUN`` does: `evaluate_ensemble` for a folder made with
+    ``fit --seeds``, else `qclassify.inference.evaluate_run` (same keyword options)."""
+    evaluate = evaluate_ensemble if RunFolder(run_dir).is_ensemble() else evaluate_run
+    return evaluate(run_dir, data_dir, **options)
+
+
+def predict_any(run_dir: str | Path, paths: Sequence[str | Path], *, device: str = "auto",
+                batch_size: int = EVAL_BATCH_SIZE,
+                progress: bool = False) -> list[dict[str, str | float]]:
+    """What ``qclassify predict RUN`` does: the CSV rows of `qclassify.inference.predict_paths`,
+    from the members' mean probability for a folder made with ``fit --seeds``."""
+    run = (load_ensemble(run_dir, device=device) if RunFolder(run_dir).is_ensemble()
+           else load_run(run_dir, device=device))
+    return predict_files(run, paths, batch_size=batch_size, progress=progress)

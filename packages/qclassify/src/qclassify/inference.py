@@ -22,7 +22,7 @@ from qclassify.options import OptionError
 from qclassify.runfolder import MODEL_FILE, ROC_FILE, SPLIT_FILE, RunFolder, check_separate
 
 __all__ = ["Evaluation", "LoadedRun", "check_positive", "evaluate_run", "evaluate_test_split",
-           "load_run", "predict_paths", "predict_proba", "save_evaluation"]
+           "load_run", "predict_files", "predict_paths", "predict_proba", "save_evaluation"]
 
 _CHECKPOINT_KEYS = ("model", "class_names", "n_qubits", "n_layers", "q_backend", "image_size",
                     "state_dict")
@@ -68,6 +68,10 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
     run_dir, model_path = folder.path, folder.model_file
     if not run_dir.is_dir():
         raise ValueError(f"run folder {run_dir} does not exist")
+    if not model_path.is_file() and folder.is_ensemble():
+        raise ValueError(f"{run_dir} is a seed ensemble (fit --seeds): load it with "
+                         "qclassify.ensemble_run.load_ensemble, or one member, e.g. "
+                         f"{folder.members()[0].path}")
     if not model_path.is_file():
         raise ValueError(
             f"{run_dir} holds no {MODEL_FILE}: train it with `qclassify fit` (or let the "
@@ -242,19 +246,12 @@ def evaluate_run(
     device: str = "auto",
     progress: bool = False,
 ) -> Evaluation:
-    """`evaluate_test_split` then `save_evaluation`: what ``qclassify evaluate`` does; for a
-    seed ensemble (``fit --seeds``), `qclassify.ensemble.evaluate_ensemble`.
+    """`evaluate_test_split` then `save_evaluation`: what ``qclassify evaluate`` does.
 
     Raises:
         ValueError: see both; the folder overlap is checked before any image is predicted.
     """
     folder = RunFolder(run_dir)
-    if folder.is_ensemble():
-        from qclassify.ensemble_run import evaluate_ensemble  # it builds on this module
-
-        return evaluate_ensemble(run_dir, data_dir, n_bootstrap=n_bootstrap, positive=positive,
-                                 seed=seed, batch_size=batch_size, device=device,
-                                 progress=progress)
     if folder.model_file.is_file():  # else evaluate_test_split says what is missing
         data = _data_dir(folder.path, folder.read_config(), data_dir)
         check_separate(folder.path, data, option="run folder")  # before predicting anything
@@ -279,8 +276,6 @@ def predict_paths(
     class folders without their sub-folders); dot-entries inside them are skipped, while a
     file named explicitly is always used.
 
-    A seed ensemble predicts the mean of its members' probabilities.
-
     Returns one row per readable image, keys in CSV column order:
     ``path, predicted_class, p_<class>...``. Unreadable images are skipped with a warning.
 
@@ -290,7 +285,19 @@ def predict_paths(
     Raises:
         ValueError: a path does not exist, or no readable image was given.
     """
-    run = _load_predictor(run_dir, device)
+    return predict_files(load_run(run_dir, device=device), paths, batch_size=batch_size,
+                         progress=progress)
+
+
+def predict_files(
+    run: LoadedRun,
+    paths: Sequence[str | Path],
+    *,
+    batch_size: int = EVAL_BATCH_SIZE,
+    progress: bool = False,
+) -> list[dict[str, str | float]]:
+    """`predict_paths` with a loaded run (or anything with its ``proba``,
+    ``predicted_classes`` and ``class_names``, such as a seed ensemble)."""
     files = _expand(paths)
     for path, reason in find_unreadable(files, progress=progress).items():
         warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=2)
@@ -304,15 +311,6 @@ def predict_paths(
          **_probability_columns(run.class_names, row)}
         for path, k, row in zip(files, predicted, proba, strict=True)
     ]
-
-
-def _load_predictor(run_dir: str | Path, device: str):
-    """A single run (`load_run`) or, for a folder made with ``fit --seeds``, its ensemble."""
-    if RunFolder(run_dir).is_ensemble():
-        from qclassify.ensemble_run import load_ensemble  # it builds on this module
-
-        return load_ensemble(run_dir, device=device)
-    return load_run(run_dir, device=device)
 
 
 def _expand(paths: Sequence[str | Path]) -> list[Path]:
