@@ -152,7 +152,7 @@ def _same_ensemble(folder: RunFolder, config: TrainConfig, seeds: Sequence[int],
     seeds = sorted(set(seeds))
     first = dataclasses.replace(config, seed=seeds[0])
     return (folder.is_ensemble() and records_same_run(folder.path, first, data_dir)
-            and folder.read_config()[ENSEMBLE_KEY].get("seeds") == seeds)
+            and folder.ensemble_seeds() == seeds)
 
 
 def _check_resumable(folder: RunFolder, config: TrainConfig, seeds: list[int], data_dir: Path,

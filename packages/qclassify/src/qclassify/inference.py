@@ -70,8 +70,8 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
         raise ValueError(f"run folder {run_dir} does not exist")
     if not model_path.is_file() and folder.is_ensemble():
         raise ValueError(f"{run_dir} is a seed ensemble (fit --seeds): load it with "
-                         "qclassify.ensemble_run.load_ensemble, or one member, e.g. "
-                         f"{folder.members()[0].path}")
+                         "qclassify.ensemble_run.load_ensemble, or one of its seed-<k> "
+                         "member folders")
     if not model_path.is_file():
         raise ValueError(
             f"{run_dir} holds no {MODEL_FILE}: train it with `qclassify fit` (or let the "

@@ -176,24 +176,36 @@ class RunFolder:
         """The run folder of the ensemble member trained with `seed`."""
         return RunFolder(self.path / member_name(seed))
 
-    def members(self) -> list[RunFolder]:
-        """The members that ``config.json`` lists, in seed order.
+    def ensemble_seeds(self) -> list[int]:
+        """The seeds that ``config.json`` records for the ensemble.
 
         Raises:
-            ValueError: the folder is not an ensemble, naming its config.json.
+            ValueError: the folder is not an ensemble or its record is damaged, naming the file.
         """
         ensemble = self.read_config().get(ENSEMBLE_KEY)
-        if not isinstance(ensemble, dict) or not isinstance(ensemble.get("seeds"), list):
-            raise ValueError(f"{self.config_file} describes no seed ensemble")
-        return [self.member(int(seed)) for seed in ensemble["seeds"]]
+        seeds = ensemble.get("seeds") if isinstance(ensemble, dict) else None
+        if not (isinstance(seeds, list) and seeds
+                and all(type(seed) is int and seed >= 0 for seed in seeds)):
+            raise ValueError(f"{self.config_file} describes no seed ensemble (no list of seeds "
+                             "under \"ensemble\")")
+        return seeds
+
+    def members(self) -> list[RunFolder]:
+        """The members that ``config.json`` lists, in its order (`ensemble_seeds`)."""
+        return [self.member(seed) for seed in self.ensemble_seeds()]
 
     def is_finished_ensemble(self) -> bool:
         """Whether a seed ensemble is finished: its final config.json (marked complete, written
-        after the last member) and every member's `is_trained`."""
+        after the last member) and every member's `is_trained`.
+
+        Raises:
+            ValueError: a damaged ensemble record (`ensemble_seeds`).
+        """
         if not self.is_ensemble():
             return False
+        members = self.members()
         return (self.read_config()[ENSEMBLE_KEY].get("complete") is True
-                and all(member.is_trained() for member in self.members()))
+                and all(member.is_trained() for member in members))
 
     def member_folders(self) -> list[Path]:
         """Every ``seed-<k>`` folder present, listed in config.json or not."""
