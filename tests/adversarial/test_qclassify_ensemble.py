@@ -165,3 +165,19 @@ def test_cli_ensemble_with_damaged_record_is_one_line(tmp_path, record):
                          *TINY_OPTIONS], 2)):
         result = CliRunner().invoke(main, [*args, "--quiet"])
         one_line_error(result, code, "config.json")
+
+
+def test_cli_seeds_youden_on_three_classes_leaves_no_folder(tmp_path):
+    """fit --seeds --threshold youden on a three-class dataset used to write the ensemble's
+    config.json and split.csv before the first member refused the option, leaving a folder
+    that only --overwrite could reuse: now refused first (exit 2), no folder created."""
+    data = make_dataset(tmp_path / "data")
+    third = data / "third"
+    third.mkdir()
+    for png in sorted((data / "normal").glob("*.png")):
+        (third / png.name).write_bytes(png.read_bytes())
+    result = CliRunner().invoke(main, ["fit", str(data), "--out", str(tmp_path / "run"),
+                                       "--seeds", "0-1", "--threshold", "youden",
+                                       *TINY_OPTIONS])
+    one_line_error(result, 2, "--threshold", "two-class")
+    assert not (tmp_path / "run").exists()

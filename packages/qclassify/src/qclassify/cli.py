@@ -386,6 +386,10 @@ def evaluate(run: Path, data: Path | None, n_bootstrap: int, positive: str | Non
     for name in METRIC_NAMES:
         click.echo(f"{name:<12} {_number(metrics[name]['value'])}  "
                    f"95% CI {_interval(metrics[name]['ci95'])}")
+    if "members_summary" in metrics:  # a seed ensemble: the values above are the ensemble's
+        auc = metrics["members_summary"]["auc"]
+        click.echo(f"members      auc mean {_number(auc['mean'])} sd {_number(auc['sd'])}  "
+                   f"95% t-interval {_interval(auc['ci95'])} over {auc['n']} seeds")
     positive_name = metrics.get("positive_class") or "macro average"
     click.echo(f"n_test {metrics['n_test']}, positive: {positive_name}; "
                f"wrote {run / METRICS_FILE}")

@@ -27,7 +27,7 @@ from qclassify.inference import load_run
 from qclassify.metrics import youden_threshold
 from qclassify.options import OptionError
 from qclassify.runfolder import ENSEMBLE_KEY, RUN_FILES, RunFolder, check_separate, member_name
-from qclassify.train import EpochRecord, FitResult, fit
+from qclassify.train import EpochRecord, FitResult, check_decision_rule, fit
 
 __all__ = ["EnsembleFitResult", "ensemble_is_complete", "fit_or_reuse_seeds", "fit_seeds"]
 
@@ -62,6 +62,7 @@ def fit_seeds(
     ``config.seed`` is ignored: member k uses seed k, and all share the split of the first
     seed. `resume` skips finished members, resumes an interrupted one and trains the rest;
     `overwrite` trains the whole ensemble in a hidden folder and swaps it in at the end.
+    `on_epoch` is called with the member's seed and each epoch's record.
 
     Raises:
         OptionError: no seeds, an occupied folder (without `overwrite`/`resume`), or a folder
@@ -76,6 +77,7 @@ def fit_seeds(
     first = dataclasses.replace(config, seed=seeds[0])
     dataset = discover_dataset(data_dir, seed=seeds[0], val_fraction=config.val_fraction,
                                test_fraction=config.test_fraction)
+    check_decision_rule(config, dataset)  # before the folder is written to
     if resume:
         _check_resumable(RunFolder(run_dir), first, seeds, data_dir, dataset.samples, overwrite)
         staged = RunFolder(run_dir)
@@ -99,7 +101,9 @@ def fit_seeds(
     return EnsembleFitResult(run_dir, seeds, trained, skipped, threshold)
 
 
-def _for_member(on_epoch: Callable[[int, EpochRecord], None] | None, seed: int):
+def _for_member(on_epoch: Callable[[int, EpochRecord], None] | None,
+                seed: int) -> Callable[[EpochRecord], None] | None:
+    """`fit`'s per-epoch callback for the member of `seed`."""
     return None if on_epoch is None else (lambda record: on_epoch(seed, record))
 
 

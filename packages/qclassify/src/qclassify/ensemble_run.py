@@ -57,10 +57,6 @@ class EnsembleRun:
         return self._first.model_name
 
     @property
-    def image_size(self) -> int:
-        return self._first.image_size
-
-    @property
     def decision_threshold(self) -> float | None:
         return self.config.get("decision_threshold")
 
@@ -72,20 +68,14 @@ class EnsembleRun:
     def _first(self) -> LoadedRun:
         return next(iter(self.members.values()))
 
-    def member_proba(self, paths: Sequence[str | Path], *, batch_size: int = EVAL_BATCH_SIZE,
-                     progress: bool = False) -> tuple[dict[str, np.ndarray], float]:
-        """Each member's class probabilities (N, C) by member name, and the forward seconds
-        of all members together."""
-        outputs = {name: member.proba(paths, batch_size=batch_size, progress=progress)
-                   for name, member in self.members.items()}
-        return ({name: proba for name, (proba, _) in outputs.items()},
-                sum(seconds for _, seconds in outputs.values()))
-
     def proba(self, paths: Sequence[str | Path], *, batch_size: int = EVAL_BATCH_SIZE,
               progress: bool = False) -> tuple[np.ndarray, float]:
-        """The ensemble's probabilities (N, C), float64, and the forward seconds."""
-        per_member, seconds = self.member_proba(paths, batch_size=batch_size, progress=progress)
-        return mean_probability(list(per_member.values())), seconds
+        """The ensemble's probabilities (N, C), float64, and the forward seconds of all
+        members together."""
+        outputs = [member.proba(paths, batch_size=batch_size, progress=progress)
+                   for member in self.members.values()]
+        return (mean_probability([proba for proba, _ in outputs]),
+                sum(seconds for _, seconds in outputs))
 
     def predicted_classes(self, proba: np.ndarray) -> np.ndarray:
         """Class indices of ensemble probability rows, by the ensemble's decision rule."""

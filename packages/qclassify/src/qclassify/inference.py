@@ -69,9 +69,9 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
     if not run_dir.is_dir():
         raise ValueError(f"run folder {run_dir} does not exist")
     if not model_path.is_file() and folder.is_ensemble():
-        raise ValueError(f"{run_dir} is a seed ensemble (fit --seeds): load it with "
-                         "qclassify.ensemble_run.load_ensemble, or one of its seed-<k> "
-                         "member folders")
+        raise ValueError(f"{run_dir} is a seed ensemble (fit --seeds): use "
+                         "qclassify.ensemble_run (load_ensemble, evaluate_any, predict_any), "
+                         "or one of its seed-<k> member folders")
     if not model_path.is_file():
         raise ValueError(
             f"{run_dir} holds no {MODEL_FILE}: train it with `qclassify fit` (or let the "

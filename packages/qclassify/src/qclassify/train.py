@@ -46,6 +46,7 @@ __all__ = [
     "HISTORY_COLUMNS",
     "EpochRecord",
     "FitResult",
+    "check_decision_rule",
     "fit",
 ]
 
@@ -140,9 +141,7 @@ def fit(
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
     )
-    if config.threshold != "argmax" and len(dataset.class_names) != 2:
-        raise OptionError(f"{config.threshold} needs a two-class task; {data_dir} has "
-                          f"{len(dataset.class_names)} classes", "threshold")
+    check_decision_rule(config, dataset)
     if resume:  # refused before the model is built (and ImageNet weights are read)
         _check_resumable(run_dir, config, data_dir, dataset, overwrite)
     torch.manual_seed(config.seed)  # model initialisation draws from torch's global generator
@@ -199,6 +198,13 @@ def fit(
         n_parameters=info["n_parameters"],
         device=str(device),
     )
+
+
+def check_decision_rule(config: TrainConfig, dataset: DatasetSplit) -> None:
+    """Refuse a decision threshold (``--threshold youden``) for a task without two classes."""
+    if config.threshold != "argmax" and len(dataset.class_names) != 2:
+        raise OptionError(f"{config.threshold} needs a two-class task; {dataset.root} has "
+                          f"{len(dataset.class_names)} classes", "threshold")
 
 
 @dataclass
