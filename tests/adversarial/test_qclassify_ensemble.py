@@ -62,7 +62,7 @@ def test_cli_bad_seeds_spec_is_usage_error(tmp_path, spec):
     data = make_dataset(tmp_path / "data")
     result = CliRunner().invoke(main, ["fit", str(data), "--out", str(tmp_path / "run"),
                                        "--seeds", spec, *TINY_OPTIONS])
-    one_line_error(result, 2, "--seeds")
+    one_line_error(result, 2, "Invalid value for '--seeds'")
     assert not (tmp_path / "run").exists()
 
 
@@ -84,7 +84,7 @@ def test_cli_seed_and_seeds_together_is_usage_error(tmp_path, command):
     data = make_dataset(tmp_path / "data")
     result = CliRunner().invoke(main, [command, str(data), "--out", str(tmp_path / "out"),
                                        "--seed", "3", "--seeds", "0-4", *TINY_OPTIONS])
-    one_line_error(result, 2, "--seed", "--seeds")
+    one_line_error(result, 2, "--seed and --seeds are mutually exclusive")
     assert not (tmp_path / "out").exists()
 
 
