@@ -1,5 +1,5 @@
-"""``qclassify`` command line: a thin shell over `train.fit`, `inference.evaluate_run`,
-`inference.predict_paths` and `compare.compare`.
+"""``qclassify`` command line: a thin shell over `train.fit` (`ensemble.fit_seeds` with
+``--seeds``), `ensemble_run.evaluate_any`, `ensemble_run.predict_any` and `compare.compare`.
 
 Shared options are decorators (`seed_option`, `device_option`, `training_options`, ...) so
 other commands reuse them; the values of `training_options` are the fields of `TrainConfig`.
@@ -48,6 +48,7 @@ from qclassify.options import (
     OptionError,
     TrainConfig,
     check_window,
+    parse_seeds,
 )
 from qclassify.runfolder import METRICS_FILE, MODEL_FILE, check_separate
 
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DeviceType",
+    "SeedsType",
     "bootstrap_option",
     "device_option",
     "json_option",
@@ -64,6 +66,7 @@ __all__ = [
     "positive_option",
     "quiet_option",
     "seed_option",
+    "seeds_option",
     "training_options",
 ]
 
@@ -98,6 +101,38 @@ class DeviceType(click.ParamType):
         except ValueError as err:
             self.fail(str(err), param, ctx)
         return value
+
+
+class SeedsType(click.ParamType):
+    """``--seeds``: ``0-4``, ``0,2,5`` or ``3`` -> a sorted list of unique seeds."""
+
+    name = "SEEDS"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> list[int]:
+        if isinstance(value, list):
+            return value
+        try:
+            return parse_seeds(value)
+        except OptionError as err:
+            self.fail(err.text, param, ctx)
+
+
+seeds_option = click.option(
+    "--seeds", type=SeedsType(), default=None,
+    help="Train a seed ensemble: one member per seed (e.g. 0-4, 0,2,5), sharing the split of "
+         "the first seed; evaluate/predict use the mean probability. Excludes --seed.",
+)
+
+
+def _check_one_seed_option(seeds: list[int] | None) -> None:
+    """--seed and --seeds both typed: a usage error (exit 2), not a silent choice."""
+    ctx = click.get_current_context()
+    typed = ctx.get_parameter_source("seed") in (click.core.ParameterSource.COMMANDLINE,
+                                                  click.core.ParameterSource.ENVIRONMENT)
+    if seeds is not None and typed:
+        raise click.UsageError("--seed and --seeds are mutually exclusive: give one seed with "
+                               "--seed or an ensemble's seeds with --seeds")
 
 
 seed_option = click.option(
@@ -365,10 +400,11 @@ def main(ctx: click.Context) -> None:
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run in --out after its last finished epoch "
                    "(same options; the result equals an uninterrupted run).")
+@seeds_option
 @quiet_option
 @click.pass_context
 def fit(ctx: click.Context, data: Path, out: Path | None, overwrite: bool, resume: bool,
-        quiet: bool, **options: Any) -> None:
+        quiet: bool, seeds: list[int] | None, **options: Any) -> None:
     """Train a model on DATA (DATA/<class>/* or DATA/train|val|test/<class>/*).
 
     \b
@@ -378,11 +414,18 @@ def fit(ctx: click.Context, data: Path, out: Path | None, overwrite: bool, resum
         qclassify fit balanced/ --out runs/q2 --model resnet18 --epochs 60 --patience 10
         qclassify fit balanced/ --out runs/q2 --model resnet18 --epochs 60 --patience 10 --resume
         qclassify fit balanced/ --out runs/s --weights none --recipe scratch --lr 3e-4
+        qclassify fit balanced/ --out runs/q5 --weights none --seeds 0-4
     """
     from qclassify import train
 
+    _check_one_seed_option(seeds)
     config = _train_config(ctx, options)
     run_dir = out or Path("runs") / f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
+    if seeds is not None:
+        _check_out(run_dir, data)
+        _fit_ensemble(data, run_dir, config, seeds, overwrite=overwrite, resume=resume,
+                      quiet=quiet)
+        return
 
     def log_epoch(record: EpochRecord) -> None:
         click.echo(record.summary(resolved.epochs))
@@ -404,6 +447,29 @@ def fit(ctx: click.Context, data: Path, out: Path | None, overwrite: bool, resum
         )
 
 
+def _fit_ensemble(data: Path, run_dir: Path, config: TrainConfig, seeds: list[int], *,
+                  overwrite: bool, resume: bool, quiet: bool) -> None:
+    """`fit --seeds`: one member per seed (`qclassify.ensemble.fit_seeds`)."""
+    from qclassify.ensemble import fit_seeds
+
+    def log_epoch(seed: int, record: EpochRecord) -> None:
+        click.echo(f"seed {seed}  {record.summary(resolved.epochs)}")
+
+    with _one_line_errors():
+        config.validate()
+        resolved = config.resolved()
+        click.echo(config.recipe_summary())
+        result = fit_seeds(data, run_dir, config, seeds, progress=not quiet,
+                           overwrite=overwrite, resume=resume, on_epoch=log_epoch)
+    click.echo(f"run folder: {run_dir}")
+    reused = f"; already finished: {_seed_list(result.skipped)}" if result.skipped else ""
+    click.echo(f"seed ensemble of {len(seeds)}: trained {_seed_list(result.trained)}{reused}")
+
+
+def _seed_list(seeds: Any) -> str:
+    return ", ".join(str(seed) for seed in seeds) or "none"
+
+
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("data", required=False,
@@ -421,6 +487,9 @@ def evaluate(run: Path, data: Path | None, n_bootstrap: int, positive: str | Non
              window: tuple[float, float] | None, as_json: bool, quiet: bool) -> None:
     """Test-set metrics of RUN with bootstrap 95% CIs (DATA defaults to the training data).
 
+    A seed ensemble (fit --seeds) is evaluated by its members' mean probability; its
+    metrics.json adds every member's metrics and their mean, sd and 95% t-interval.
+
     Writes metrics.json, predictions.csv, confusion_matrix.png and roc.png into RUN.
 
     \b
@@ -428,11 +497,11 @@ def evaluate(run: Path, data: Path | None, n_bootstrap: int, positive: str | Non
         qclassify evaluate runs/q
         qclassify evaluate runs/q --bootstrap 2000 --json > metrics.json
     """
-    from qclassify.inference import evaluate_run
+    from qclassify.ensemble_run import evaluate_any
     from qclassify.metrics import METRIC_NAMES
 
     with _one_line_errors():
-        metrics = evaluate_run(run, data, n_bootstrap=n_bootstrap, positive=positive, seed=seed,
+        metrics = evaluate_any(run, data, n_bootstrap=n_bootstrap, positive=positive, seed=seed,
                                batch_size=batch_size, device=device, progress=not quiet,
                                frames=frames, window=window).metrics
     if as_json:
@@ -441,6 +510,10 @@ def evaluate(run: Path, data: Path | None, n_bootstrap: int, positive: str | Non
     for name in METRIC_NAMES:
         click.echo(f"{name:<12} {_number(metrics[name]['value'])}  "
                    f"95% CI {_interval(metrics[name]['ci95'])}")
+    if "members_summary" in metrics:  # a seed ensemble: the values above are the ensemble's
+        auc = metrics["members_summary"]["auc"]
+        click.echo(f"members      auc mean {_number(auc['mean'])} sd {_number(auc['sd'])}  "
+                   f"95% t-interval {_interval(auc['ci95'])} over {auc['n']} seeds")
     positive_name = metrics.get("positive_class") or "macro average"
     click.echo(f"n_test {metrics['n_test']}, positive: {positive_name}; "
                f"wrote {run / METRICS_FILE}")
@@ -458,6 +531,8 @@ def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str,
             frames: str | None, window: tuple[float, float] | None, quiet: bool) -> None:
     """Print CSV path,predicted_class,p_<class>... for images and folders of images.
 
+    A seed ensemble (fit --seeds) predicts its members' mean probability.
+
     Folders are searched recursively (dot-entries skipped). The CSV goes to stdout, progress
     bars and warnings to stderr.
 
@@ -466,11 +541,11 @@ def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str,
         qclassify predict runs/q new_images/ > predictions.csv
         qclassify predict runs/q scan_001.png scan_002.png --device cpu
     """
-    from qclassify.inference import predict_paths
+    from qclassify.ensemble_run import predict_any
 
     with _one_line_errors():
-        rows = predict_paths(run, paths, batch_size=batch_size, device=device,
-                             progress=not quiet, frames=frames, window=window)
+        rows = predict_any(run, paths, batch_size=batch_size, device=device,
+                           progress=not quiet, frames=frames, window=window)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -491,6 +566,7 @@ def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str,
               default=Path("runs") / "compare", show_default=True,
               help="Report folder; its runs/ subfolder is reused by a later call.")
 @training_options
+@seeds_option
 @bootstrap_option
 @positive_option
 @json_option
@@ -498,7 +574,7 @@ def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str,
 @click.pass_context
 def compare(ctx: click.Context, data: Path, augmented: Path | None, models: tuple[str, ...],
             out: Path, n_bootstrap: int, positive: str | None, as_json: bool, quiet: bool,
-            **options: Any) -> None:
+            seeds: list[int] | None, **options: Any) -> None:
     """Section 3 of the paper on DATA: the proposed model (qmobilenet on the balanced data),
     four baselines and two ablations, all tested on DATA's test images, with paired tests.
 
@@ -507,22 +583,26 @@ def compare(ctx: click.Context, data: Path, augmented: Path | None, models: tupl
         diffaug balance data/ balanced/ --ratio 0.7 --seed 0
         qclassify compare data/ --augmented balanced/ --out report/ --weights none
         qclassify compare data/ --augmented balanced/ --models qmobilenet@balanced,resnet18
+        qclassify compare data/ --augmented balanced/ --out report5/ --seeds 0-4
     """
     from qclassify.compare import compare as compare_runs
 
+    _check_one_seed_option(seeds)
     selected = [name for entry in models for name in entry.split(",") if name.strip()]
     with _torchrun_processes(options["device"]) as ranks:
         _check_out(out, data, augmented)
         with _one_line_errors():
             result = compare_runs(data, augmented, out, models=selected or None,
                                   train_config=_train_config(ctx, options),
-                                  n_bootstrap=n_bootstrap,
-                                  positive=positive, progress=not quiet)
+                                  n_bootstrap=n_bootstrap, positive=positive,
+                                  progress=not quiet, seeds=seeds)
     if not ranks.is_main:  # under torchrun, rank 0 reports
         return
     if as_json:
         summary = {"reference": result.reference, "trained": result.trained,
                    "skipped": result.skipped, "rows": result.rows,
+                   **({} if seeds is None else {"seeds": seeds,
+                                                "seed_summary": result.seed_summary}),
                    "files": {name: str(path) for name, path in result.files.items()}}
         click.echo(json.dumps(summary, indent=2, allow_nan=True))
         return
@@ -531,9 +611,22 @@ def compare(ctx: click.Context, data: Path, augmented: Path | None, models: tupl
         click.echo(f"{row['run']:<24}{_number(row['accuracy']):>10}{_number(row['f1']):>8}"
                    f"{_number(row['auc']):>8}{_number(row['delong_p']):>10}"
                    f"{_number(row['mcnemar_p']):>11}")
+    if seeds is not None:
+        _echo_seed_summary(result.seed_summary, len(seeds))
     reused = len(result.rows) - len(result.trained)
     click.echo(f"trained {len(result.trained)} run(s), reused {reused}; p-values against "
                f"{result.reference}; report: {result.files['results_md']}")
+
+
+def _echo_seed_summary(summary: list[dict], n_seeds: int) -> None:
+    """The across-seeds AUC of each row and its paired t-test against the reference."""
+    click.echo(f"\nAUC across {n_seeds} seeds (the table above: the seed ensembles)")
+    click.echo(f"{'run':<24}{'mean':>8}{'sd':>8}{'95% t-interval':>20}{'paired p':>10}")
+    for row in summary:
+        interval = (None if row["auc_ci_low"] is None
+                    else [row["auc_ci_low"], row["auc_ci_high"]])
+        click.echo(f"{row['run']:<24}{_number(row['auc_mean']):>8}{_number(row['auc_sd']):>8}"
+                   f"{_interval(interval):>20}{_number(row['auc_paired_p']):>10}")
 
 
 def _number(value: float | None) -> str:

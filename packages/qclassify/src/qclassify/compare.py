@@ -22,10 +22,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from qclassify.compare_report import RunOutcome, write_report
+from qclassify.compare_seeds import write_seed_report
 from qclassify.config import TrainConfig, config_group_source, run_is_complete
 from qclassify.data import discover_dataset
 from qclassify.distributed import current_ranks
-from qclassify.inference import check_positive, evaluate_run
+from qclassify.ensemble import fit_or_reuse_seeds
+from qclassify.ensemble_run import evaluate_any
+from qclassify.inference import check_positive
 from qclassify.options import MODEL_NAMES, OptionError
 from qclassify.runfolder import RunFolder, check_separate
 from qclassify.train import fit
@@ -71,6 +74,8 @@ class CompareResult:
     skipped: list[str]  # default runs left out because no balanced data was given
     rows: list[dict]  # one per run, the columns of results.csv
     files: dict[str, Path] = field(default_factory=dict)  # results/figure name -> path
+    seeds: list[int] | None = None  # with --seeds: every row is a seed ensemble
+    seed_summary: list[dict] = field(default_factory=list)  # one per run, across seeds
 
 
 def select_runs(models: Sequence[str] | None, *, has_augmented: bool) -> tuple[list[RunSpec],
@@ -128,6 +133,7 @@ def compare(
     n_bootstrap: int = 500,
     positive: str | None = None,
     progress: bool = True,
+    seeds: Sequence[int] | None = None,
 ) -> CompareResult:
     """Train (or reuse) every selected run, evaluate all on DATA's test images, write the report.
 
@@ -146,6 +152,9 @@ def compare(
             once (`TrainConfig.resolved`); the paper's recipe by default. Its seed also seeds
             the bootstrap.
         positive: positive class of a two-class task; default the training minority.
+        seeds: train every row as a seed ensemble (`qclassify.ensemble.fit_seeds`, split of
+            the first seed, which also seeds the bootstrap) and add the across-seeds report
+            (`qclassify.compare_seeds`); None: one run per row with ``train_config.seed``.
 
     Every option, folder and the data are checked before the first run is trained.
 
@@ -154,6 +163,11 @@ def compare(
             originals differ from DATA's, runs that disagree on the test set or positive class.
     """
     config = train_config or TrainConfig()
+    if seeds is not None:
+        seeds = sorted(set(seeds))
+        if not seeds:
+            raise OptionError("must list one or more seeds", "seeds")
+        config = dataclasses.replace(config, seed=seeds[0])
     config.validate()
     # Once for every run: the same recipe values for each model, recorded in compare.json.
     config = config.resolved()
@@ -181,14 +195,18 @@ def compare(
     # reads the run folders), evaluates and reports.
     ranks = current_ranks()
 
-    trained, outcomes = [], []
+    trained, outcomes, members = [], [], {}
     bar = tqdm(runs, desc="compare", unit="run", disable=not (progress and ranks.is_main))
     for spec in bar:
         bar.set_postfix_str(spec.label)
         run_dir = report_dir / RUNS_FOLDER / spec.label
         run_config = dataclasses.replace(config, model=spec.model)
-        if not ranks.from_main(partial(run_is_complete, run_dir, run_config,
-                                       sources[spec.data])):
+        if seeds is not None:
+            if fit_or_reuse_seeds(sources[spec.data], run_dir, run_config, seeds,
+                                  progress=progress):
+                trained.append(spec.label)
+        elif not ranks.from_main(partial(run_is_complete, run_dir, run_config,
+                                         sources[spec.data])):
             fit(sources[spec.data], run_dir, run_config, progress=progress, overwrite=True)
             trained.append(spec.label)
         if not ranks.is_main:
@@ -197,6 +215,12 @@ def compare(
                                 fresh=spec.label in trained)
         outcomes.append(RunOutcome(spec.label, spec.model, spec.data, spec.role, run_dir,
                                    *evaluated))
+        if seeds is not None:  # evaluated with the ensemble: read back
+            members[spec.label] = {
+                seed: RunOutcome(spec.label, spec.model, spec.data, spec.role, member.path,
+                                 *_evaluation(member.path, data_dir, run_config, n_bootstrap,
+                                              positive, fresh=False))
+                for seed, member in zip(seeds, RunFolder(run_dir).members(), strict=True)}
     if not ranks.is_main:
         return CompareResult(report_dir, runs, "", trained, skipped, [])
     reference = next((o.label for o in outcomes if o.role == "proposed"), outcomes[0].label)
@@ -210,7 +234,12 @@ def compare(
             "skipped_without_augmented": skipped,
         },
     )
-    return CompareResult(report_dir, runs, reference, trained, skipped, rows, files)
+    result = CompareResult(report_dir, runs, reference, trained, skipped, rows, files, seeds)
+    if seeds is not None:
+        result.seed_summary, seed_files = write_seed_report(
+            report_dir, outcomes, members, reference=reference, ensemble_rows=rows)
+        files.update(seed_files)
+    return result
 
 
 def check_same_originals(data_dir: Path, augmented_dir: Path, config: TrainConfig) -> None:
@@ -260,15 +289,17 @@ def _evaluation(run_dir: Path, data_dir: Path, config: TrainConfig, n_bootstrap:
     read back from metrics.json and predictions.csv when an earlier call wrote them with these
     settings after the model, else evaluated (and written) now."""
     folder = RunFolder(run_dir)
+    # A seed ensemble's config.json is written after its last member's model.pt.
+    trained_file = folder.config_file if folder.is_ensemble() else folder.model_file
     if (not fresh and folder.metrics_file.is_file() and folder.predictions_file.is_file()
-            and folder.metrics_file.stat().st_mtime >= folder.model_file.stat().st_mtime):
+            and folder.metrics_file.stat().st_mtime >= trained_file.stat().st_mtime):
         metrics = folder.read_metrics()
         same = (metrics.get("n_bootstrap") == n_bootstrap
                 and metrics.get("bootstrap_seed") == config.seed
                 and (positive is None or metrics.get("positive_class") == positive))
         if same:
             return metrics, *_saved_predictions(folder, metrics["class_names"])
-    evaluation = evaluate_run(run_dir, data_dir, n_bootstrap=n_bootstrap, positive=positive,
+    evaluation = evaluate_any(run_dir, data_dir, n_bootstrap=n_bootstrap, positive=positive,
                               seed=config.seed, device=config.device)
     return evaluation.metrics, evaluation.paths, evaluation.labels, evaluation.proba
 

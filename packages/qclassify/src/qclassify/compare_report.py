@@ -20,7 +20,7 @@ from qclassify.metrics import METRIC_NAMES, bootstrap_metrics, predict_classes
 from qclassify.runfolder import RunFolder, atomic_write, write_csv, write_json
 from qclassify.stats import delong_test, mcnemar_test
 
-__all__ = ["FIGURE_FILES", "RESULT_COLUMNS", "RunOutcome", "write_report"]
+__all__ = ["FIGURE_FILES", "RESULT_COLUMNS", "RunOutcome", "result_row", "write_report"]
 
 RESULT_COLUMNS = (
     "run", "model", "data", "role", "n_test",
@@ -73,7 +73,7 @@ def write_report(
     class_names, positive_name = first.metrics["class_names"], first.metrics["positive_class"]
     positive = None if positive_name is None else class_names.index(positive_name)
     by_label = {o.label: o for o in outcomes}
-    rows = [_row(o, by_label[reference], positive) for o in outcomes]
+    rows = [result_row(o, by_label[reference], positive) for o in outcomes]
     context = {"reference": reference, "n_test": len(first.y_true), "class_names": class_names,
                "positive_class": positive_name, "n_bootstrap": n_bootstrap, "seed": seed}
     markdown = _markdown(rows, **context)
@@ -114,7 +114,8 @@ def _check_same_evaluation(outcomes: Sequence[RunOutcome]) -> RunOutcome:
     return first
 
 
-def _row(outcome: RunOutcome, reference: RunOutcome, positive: int | None) -> dict:
+def result_row(outcome: RunOutcome, reference: RunOutcome, positive: int | None) -> dict:
+    """The `RESULT_COLUMNS` of one run, its p-values against `reference`."""
     metrics = outcome.metrics
     row = {"run": outcome.label, "model": outcome.model, "data": outcome.data,
            "role": outcome.role, "n_test": metrics["n_test"]}

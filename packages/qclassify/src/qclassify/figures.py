@@ -25,6 +25,7 @@ __all__ = [
     "plot_confusion_grid",
     "plot_confusion_matrix",
     "plot_metric_heatmap",
+    "plot_per_seed_auc",
     "plot_radar",
     "plot_relative_improvement",
     "plot_roc",
@@ -339,6 +340,37 @@ def plot_training_curves(
     for ax in (loss_ax, auc_ax):
         ax.grid(alpha=0.3)
     auc_ax.legend(fontsize="small", loc="lower right")
+    return _save(fig, path)
+
+
+def plot_per_seed_auc(
+    per_seed: Mapping[str, Mapping[int, float]],
+    intervals: Mapping[str, tuple[float | None, list[float] | None]],
+    path: str | Path,
+    *,
+    colors: Mapping[str, str] | None = None,
+) -> Path:
+    """Test AUC of every seed per run (dots, labelled by seed), with the mean across seeds
+    (bar) and its 95% t-interval (whiskers); `intervals` maps a run to (mean, [lo, hi])."""
+    labels = list(per_seed)
+    colors = colors or run_colors(labels)
+    fig = Figure(figsize=(1.4 * len(labels) + 3, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    for i, label in enumerate(labels):
+        seeds = sorted(per_seed[label])
+        offsets = np.linspace(-0.15, 0.15, len(seeds)) if len(seeds) > 1 else np.zeros(1)
+        aucs = [_finite_or_zero(per_seed[label][seed]) for seed in seeds]
+        ax.scatter(i + offsets, aucs, color=colors[label], s=22, zorder=3)
+        mean, interval = intervals[label]
+        if mean is not None:
+            ax.hlines(mean, i - 0.3, i + 0.3, color="black", lw=2)
+        if interval is not None:
+            ax.vlines(i, *interval, color="black", lw=1)
+            ax.hlines(interval, i - 0.1, i + 0.1, color="black", lw=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_ylabel("test AUC")
+    ax.set_title("Test AUC per seed (dots), mean across seeds and its 95% t-interval")
+    ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 

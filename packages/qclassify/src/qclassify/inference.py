@@ -24,7 +24,7 @@ from qclassify.options import OptionError
 from qclassify.runfolder import MODEL_FILE, ROC_FILE, SPLIT_FILE, RunFolder, check_separate
 
 __all__ = ["Evaluation", "LoadedRun", "check_positive", "evaluate_run", "evaluate_test_split",
-           "load_run", "predict_paths", "predict_proba", "save_evaluation"]
+           "load_run", "predict_files", "predict_paths", "predict_proba", "save_evaluation"]
 
 _CHECKPOINT_KEYS = ("model", "class_names", "n_qubits", "n_layers", "q_backend", "image_size",
                     "state_dict")
@@ -82,6 +82,10 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
     run_dir, model_path = folder.path, folder.model_file
     if not run_dir.is_dir():
         raise ValueError(f"run folder {run_dir} does not exist")
+    if not model_path.is_file() and folder.is_ensemble():
+        raise ValueError(f"{run_dir} is a seed ensemble (fit --seeds): use "
+                         "qclassify.ensemble_run (load_ensemble, evaluate_any, predict_any), "
+                         "or one of its seed-<k> member folders")
     if not model_path.is_file():
         raise ValueError(
             f"{run_dir} holds no {MODEL_FILE}: train it with `qclassify fit` (or let the "
@@ -324,6 +328,18 @@ def predict_paths(
     """
     run = load_run(run_dir, device=device)
     run.read_options(frames, window)
+    return predict_files(run, paths, batch_size=batch_size, progress=progress)
+
+
+def predict_files(
+    run: LoadedRun,
+    paths: Sequence[str | Path],
+    *,
+    batch_size: int = EVAL_BATCH_SIZE,
+    progress: bool = False,
+) -> list[dict[str, str | float]]:
+    """`predict_paths` with a loaded run (or anything with its ``proba``,
+    ``predicted_classes``, ``class_names`` and ``frames``, such as a seed ensemble)."""
     files = _expand(paths)
     for path, reason in find_unreadable(files, progress=progress).items():
         warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=2)

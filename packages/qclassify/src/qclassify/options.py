@@ -8,9 +8,9 @@ from dataclasses import dataclass, replace
 
 __all__ = ["AUTO_STEM", "BACKENDS", "DEFAULT_Q_DEVICE", "FRAME_CHOICES", "INTERRUPTED_EXIT_CODE",
            "INTERRUPTED_MESSAGE", "LR_SCHEDULES", "MAX_IMAGE_SIZE", "MAX_QLAYERS", "MAX_QUBITS",
-           "MIN_IMAGE_SIZE", "MODEL_NAMES", "MONITORS", "OPTIMIZERS", "OptionError",
+           "MAX_SEEDS", "MIN_IMAGE_SIZE", "MODEL_NAMES", "MONITORS", "OPTIMIZERS", "OptionError",
            "PLACEMENT_OPTIONS", "RECIPES", "RECIPE_CHOICES", "RECIPE_FIELDS", "STEMS",
-           "THRESHOLD_RULES", "TrainConfig", "check_image_size", "check_window"]
+           "THRESHOLD_RULES", "TrainConfig", "check_image_size", "check_window", "parse_seeds"]
 
 # The models of `qclassify.models.ARCHITECTURES` (a test keeps the two in step).
 MODEL_NAMES = ("qmobilenet", "mobilenet_v2", "resnet18", "densenet121", "vgg16")
@@ -233,3 +233,31 @@ def check_image_size(image_size: int) -> None:
     if image_size < MIN_IMAGE_SIZE:
         raise OptionError(f"{image_size} is too small: the backbones downsample by 32; use "
                           f"{MIN_IMAGE_SIZE} or more", "image_size")
+
+
+# A seed ensemble trains one model per seed; more members than this is a typing slip ("0-1000")
+# that would train for weeks, and a range is measured before it is expanded.
+MAX_SEEDS = 100
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """The seeds of ``--seeds``: comma-separated non-negative integers or ranges ``A-B``
+    (inclusive), e.g. ``"0-4"``, ``"0,2,5"``, ``"3"``; sorted, duplicates dropped.
+
+    Raises:
+        OptionError: an empty or malformed item, a descending range, or more than `MAX_SEEDS`.
+    """
+    seeds: set[int] = set()
+    for item in (part.strip() for part in str(spec).split(",")):
+        low, dash, high = item.partition("-")
+        if not (low.strip().isdecimal() and (not dash or high.strip().isdecimal())):
+            raise OptionError(f"{spec!r}: {item!r} is not a seed or range; use e.g. 0-4, "
+                              "0,2,5 or 3 (non-negative integers)", "seeds")
+        first, last = int(low), int(high) if dash else int(low)
+        if last < first:
+            raise OptionError(f"{spec!r}: the range {item!r} descends; write {last}-{first}",
+                              "seeds")
+        if last - first + 1 + len(seeds) > MAX_SEEDS:
+            raise OptionError(f"{spec!r} names more than {MAX_SEEDS} seeds", "seeds")
+        seeds.update(range(first, last + 1))
+    return sorted(seeds)

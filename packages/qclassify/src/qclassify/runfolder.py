@@ -23,7 +23,9 @@ __all__ = [
     "CONFIG_FILE",
     "CONFUSION_MATRIX_FILE",
     "GROUP_COLUMN",
+    "ENSEMBLE_KEY",
     "HISTORY_FILE",
+    "MEMBER_PREFIX",
     "METRICS_FILE",
     "MODEL_FILE",
     "PREDICTIONS_FILE",
@@ -36,6 +38,7 @@ __all__ = [
     "Sample",
     "atomic_write",
     "check_separate",
+    "member_name",
     "read_csv_rows",
     "read_json",
     "read_split_csv",
@@ -57,6 +60,10 @@ ROC_FILE = "roc.png"
 # Everything `fit --resume` needs to continue after the last finished epoch (torchvision's
 # reference-script layout); removed once model.pt is written.
 TRAINING_STATE_FILE = "training-state.pt"
+# A seed ensemble (`fit --seeds`) keeps one complete run folder per seed, ``seed-<k>/``, and
+# records its seeds under this key of its own config.json.
+MEMBER_PREFIX = "seed-"
+ENSEMBLE_KEY = "ensemble"
 # split.csv: every image of the dataset with its class, split and whether it is synthetic;
 # GROUP_COLUMN follows when the split was made by patient groups (older files lack it).
 SPLIT_COLUMNS = ("path", "class", "split", "synthetic")
@@ -88,6 +95,11 @@ class Sample:
     synthetic: bool = False
     frame: int | None = None
     group: str = ""
+
+
+def member_name(seed: int) -> str:
+    """The folder name of an ensemble's member trained with `seed` (``seed-<k>``)."""
+    return f"{MEMBER_PREFIX}{seed}"
 
 
 def split_row(sample: Sample) -> dict[str, str]:
@@ -172,6 +184,53 @@ class RunFolder:
         """Whether `fit` finished here: config, history and model (written last) exist."""
         return all(path.is_file() for path in (self.config_file, self.history_file,
                                                self.model_file))
+
+    def is_ensemble(self) -> bool:
+        """Whether ``config.json`` describes a seed ensemble (`fit --seeds`); False without a
+        readable one."""
+        try:
+            return ENSEMBLE_KEY in self.read_config()
+        except ValueError:
+            return False
+
+    def member(self, seed: int) -> RunFolder:
+        """The run folder of the ensemble member trained with `seed`."""
+        return RunFolder(self.path / member_name(seed))
+
+    def ensemble_seeds(self) -> list[int]:
+        """The seeds that ``config.json`` records for the ensemble.
+
+        Raises:
+            ValueError: the folder is not an ensemble or its record is damaged, naming the file.
+        """
+        ensemble = self.read_config().get(ENSEMBLE_KEY)
+        seeds = ensemble.get("seeds") if isinstance(ensemble, dict) else None
+        if not (isinstance(seeds, list) and seeds
+                and all(type(seed) is int and seed >= 0 for seed in seeds)):
+            raise ValueError(f"{self.config_file} describes no seed ensemble (no list of seeds "
+                             "under \"ensemble\")")
+        return seeds
+
+    def members(self) -> list[RunFolder]:
+        """The members that ``config.json`` lists, in its order (`ensemble_seeds`)."""
+        return [self.member(seed) for seed in self.ensemble_seeds()]
+
+    def is_finished_ensemble(self) -> bool:
+        """Whether a seed ensemble is finished: its final config.json (marked complete, written
+        after the last member) and every member's `is_trained`.
+
+        Raises:
+            ValueError: a damaged ensemble record (`ensemble_seeds`).
+        """
+        if not self.is_ensemble():
+            return False
+        members = self.members()
+        return (self.read_config()[ENSEMBLE_KEY].get("complete") is True
+                and all(member.is_trained() for member in members))
+
+    def member_folders(self) -> list[Path]:
+        """Every ``seed-<k>`` folder present, listed in config.json or not."""
+        return sorted(path for path in self.path.glob(f"{MEMBER_PREFIX}*") if path.is_dir())
 
     def existing_files(self) -> list[str]:
         """The names of `RUN_FILES` present in the folder."""

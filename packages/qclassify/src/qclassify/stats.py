@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest, norm, rankdata
+from scipy.stats import binomtest, norm, rankdata, t, ttest_rel
 
-__all__ = ["DeLongResult", "McNemarResult", "delong_covariance", "delong_test", "mcnemar_test"]
+__all__ = ["DeLongResult", "McNemarResult", "PairedTTestResult", "SeedSummary", "delong_covariance",
+           "delong_test", "mcnemar_test", "paired_t_test", "summarize_seeds"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +93,65 @@ def mcnemar_test(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> 
     discordant = only_a + only_b
     p_value = 1.0 if discordant == 0 else binomtest(only_a, discordant, 0.5).pvalue
     return McNemarResult(only_a, only_b, float(p_value))
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """A metric across the seeds of an ensemble: mean, sample standard deviation and the
+    t-interval of the mean (None with fewer than two defined values)."""
+
+    n: int
+    mean: float | None
+    sd: float | None
+    ci95: list[float] | None
+
+    def as_dict(self) -> dict:
+        return {"n": self.n, "mean": self.mean, "sd": self.sd, "ci95": self.ci95}
+
+
+def summarize_seeds(values, *, level: float = 0.95) -> SeedSummary:
+    """Mean, sd (ddof 1) and ``mean ± t_{(1+level)/2, n-1} · sd / sqrt(n)`` of per-seed values;
+    undefined (None/NaN) values are left out.
+
+    A t-interval, not a bootstrap: with a handful of seeds (typically 5) a bootstrap has only
+    a few distinct resamples and its percentiles understate the spread.
+    """
+    defined = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    if len(defined) == 0:
+        return SeedSummary(0, None, None, None)
+    mean = float(defined.mean())
+    if len(defined) < 2:
+        return SeedSummary(1, mean, None, None)
+    sd = float(defined.std(ddof=1))
+    if sd == 0:
+        return SeedSummary(len(defined), mean, 0.0, [mean, mean])
+    low, high = t.interval(level, len(defined) - 1, loc=mean, scale=sd / np.sqrt(len(defined)))
+    return SeedSummary(len(defined), mean, sd, [float(low), float(high)])
+
+
+@dataclass(frozen=True)
+class PairedTTestResult:
+    """Student's paired t-test of per-seed values a against b (matched by seed)."""
+
+    n_pairs: int
+    mean_difference: float  # mean of a - b
+    t: float
+    p_value: float
+
+
+def paired_t_test(values_a, values_b) -> PairedTTestResult:
+    """`scipy.stats.ttest_rel` of a against b, two-sided; pairs with an undefined value dropped.
+
+    Raises:
+        ValueError: fewer than two defined pairs, or sequences of different lengths.
+    """
+    a, b = (np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+            for values in (values_a, values_b))
+    if a.shape != b.shape:
+        raise ValueError(f"paired values differ in length: {len(a)} and {len(b)}")
+    defined = np.isfinite(a) & np.isfinite(b)
+    if defined.sum() < 2:
+        raise ValueError(f"a paired t-test needs at least two seeds; got {int(defined.sum())}")
+    result = ttest_rel(a[defined], b[defined])
+    return PairedTTestResult(int(defined.sum()), float(np.mean(a[defined] - b[defined])),
+                             float(result.statistic), float(result.pvalue))

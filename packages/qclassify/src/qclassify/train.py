@@ -50,6 +50,7 @@ __all__ = [
     "TRAINING_MEMORY_FORMAT",
     "EpochRecord",
     "FitResult",
+    "check_decision_rule",
     "fit",
 ]
 
@@ -111,6 +112,7 @@ def fit(
     overwrite: bool = False,
     resume: bool = False,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    split_seed: int | None = None,
 ) -> FitResult:
     """Train `config.model` on `data_dir` and write the run folder `run_dir`.
 
@@ -129,6 +131,8 @@ def fit(
             training state written after every epoch: model, optimizer, scheduler, progress
             and RNG states), with the same options and data; the result equals an
             uninterrupted run's.
+        split_seed: seeds the split of a class-folder dataset instead of ``config.seed`` (the
+            members of a seed ensemble share one split); recorded in ``config.json``.
         on_epoch: called with each epoch's record as soon as the epoch ends.
 
     `config` is resolved first (`TrainConfig.resolved`): its recipe fills the options it
@@ -148,13 +152,11 @@ def fit(
     data_dir, run_dir = Path(data_dir).resolve(), Path(run_dir)
     check_separate(run_dir, data_dir)
     dataset = discover_dataset(
-        data_dir, seed=config.seed, val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction, frames=config.frames,
-        groups=config_group_source(config),
+        data_dir, seed=config.seed if split_seed is None else split_seed,
+        val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+        frames=config.frames, groups=config_group_source(config),
     )
-    if config.threshold != "argmax" and len(dataset.class_names) != 2:
-        raise OptionError(f"{config.threshold} needs a two-class task; {data_dir} has "
-                          f"{len(dataset.class_names)} classes", "threshold")
+    check_decision_rule(config, dataset)
     if resume:  # refused before the model is built (and ImageNet weights are read)
         _check_resumable(run_dir, config, data_dir, dataset, overwrite)
     torch.manual_seed(config.seed)  # model initialisation draws from torch's global generator
@@ -166,6 +168,8 @@ def fit(
     info = run_info(data_dir, config, dataset, model, device)
     if ranks.is_distributed:
         info.update(torchrun_processes=ranks.world_size)
+    if split_seed is not None:  # a plain run's config.json stays as it was
+        info["split_seed"] = split_seed
     if resume or not ranks.is_main:
         staging, staged = run_dir, RunFolder(run_dir)
     else:
@@ -213,6 +217,13 @@ def fit(
         n_parameters=info["n_parameters"],
         device=str(device),
     )
+
+
+def check_decision_rule(config: TrainConfig, dataset: DatasetSplit) -> None:
+    """Refuse a decision threshold (``--threshold youden``) for a task without two classes."""
+    if config.threshold != "argmax" and len(dataset.class_names) != 2:
+        raise OptionError(f"{config.threshold} needs a two-class task; {dataset.root} has "
+                          f"{len(dataset.class_names)} classes", "threshold")
 
 
 @dataclass
@@ -470,6 +481,8 @@ def _replace_run(staging: Path, run_dir: Path) -> None:
         return
     for name in (MODEL_FILE, *RUN_FILES):
         (run_dir / name).unlink(missing_ok=True)
+    for member in RunFolder(run_dir).member_folders():  # a seed ensemble replaced by one run
+        shutil.rmtree(member)
     for name in sorted(RUN_FILES, key=lambda name: name == MODEL_FILE):
         if (staging / name).exists():
             os.replace(staging / name, run_dir / name)
