@@ -6,6 +6,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,10 @@ from qclassify.metrics import evaluate_predictions, predict_classes
 from qclassify.models import build_model, count_parameters
 from qclassify.options import OptionError
 from qclassify.runfolder import MODEL_FILE, ROC_FILE, SPLIT_FILE, RunFolder, check_separate
+from qclassify.runtime import choose_engine
+
+if TYPE_CHECKING:
+    from qclassify.onnx_engine import OnnxRunner
 
 __all__ = ["Evaluation", "LoadedRun", "check_positive", "evaluate_run", "evaluate_test_split",
            "load_run", "predict_paths", "predict_proba", "save_evaluation"]
@@ -57,8 +62,13 @@ class LoadedRun:
         return predict_classes(proba, positive=positive, threshold=self.decision_threshold)
 
 
-def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
+def load_run(run_dir: str | Path, *, device: str = "auto",
+             q_backend: str | None = None) -> LoadedRun:
     """Rebuild the model saved in ``run_dir/model.pt``; no other file is required.
+
+    `q_backend` overrides the checkpoint's circuit simulation: both backends share their
+    weights (same state-dict key), so ``"torch"`` runs a PennyLane-trained model through the
+    exact PyTorch simulation (what `qclassify.export` traces), without PennyLane installed.
 
     Raises:
         ValueError: no such folder, no ``model.pt`` (training not run or not finished), a file
@@ -80,6 +90,8 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
     if not (isinstance(class_names, list) and all(isinstance(n, str) for n in class_names)):
         raise ValueError(f"{model_path} is not a usable qclassify checkpoint: its class_names "
                          "are not a list of names")
+    if q_backend is not None:
+        checkpoint = {**checkpoint, "q_backend": q_backend}
     model = _rebuild_model(model_path, checkpoint)
     resolved = resolve_device(device)
     return LoadedRun(
@@ -265,6 +277,7 @@ def predict_paths(
     batch_size: int = EVAL_BATCH_SIZE,
     device: str = "auto",
     progress: bool = False,
+    engine: str = "auto",
 ) -> list[dict[str, str | float]]:
     """Predict image files and every image below folders, in path order.
 
@@ -277,24 +290,39 @@ def predict_paths(
 
     Args:
         progress: progress bars (tqdm, on stderr) while images are checked and predicted.
+        engine: ``"torch"``, ``"onnxruntime"`` (CPU; the model exported once into the run
+            folder's cache, `qclassify.onnx_engine`) or ``"auto"`` (onnxruntime on a CPU when
+            ``qclassify[onnx]`` is installed, else torch; `qclassify.runtime.choose_engine`).
 
     Raises:
-        ValueError: a path does not exist, or no readable image was given.
+        ValueError: a path does not exist, no readable image was given, or an engine that
+            cannot run on the device. OnnxExtraMissingError: onnxruntime without its extra.
     """
-    run = load_run(run_dir, device=device)
+    engine = choose_engine(engine, resolve_device(device).type)
+    # The ONNX export traces the exact torch simulation of a PennyLane-trained circuit.
+    run = load_run(run_dir, device=device, q_backend="torch" if engine == "onnxruntime" else None)
     files = _expand(paths)
     for path, reason in find_unreadable(files, progress=progress).items():
         warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=2)
         files.remove(Path(path))
     if not files:
         raise ValueError(f"no readable images among {', '.join(str(p) for p in paths)}")
-    proba, _ = run.proba(files, batch_size=batch_size, progress=progress)
+    proba, _ = _engine(run, engine).proba(files, batch_size=batch_size, progress=progress)
     predicted = run.predicted_classes(proba)
     return [
         {"path": str(path), "predicted_class": run.class_names[k],
          **_probability_columns(run.class_names, row)}
         for path, k, row in zip(files, predicted, proba, strict=True)
     ]
+
+
+def _engine(run: LoadedRun, engine: str) -> LoadedRun | OnnxRunner:
+    """What computes the probabilities: the run itself, or its ONNX export."""
+    if engine != "onnxruntime":
+        return run
+    from qclassify.onnx_engine import OnnxRunner  # imports this module
+
+    return OnnxRunner.for_run(run)
 
 
 def _expand(paths: Sequence[str | Path]) -> list[Path]:

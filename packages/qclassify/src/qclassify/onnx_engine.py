@@ -1,0 +1,95 @@
+"""A run's model in ONNX Runtime: exported on first use, cached in the run folder.
+
+``qclassify predict --engine onnxruntime`` (and ``auto`` on a CPU) needs no earlier
+``qclassify export``: the model is exported once into ``RUN/.cache/``, keyed by the SHA-256 of
+``model.pt``, so a retrained model is never run from a stale export and a later call costs a
+session load only. Where the run folder cannot be written the export runs from memory, as
+`diffaug fid` does with its own cache. Images are decoded and preprocessed by the same
+`qclassify.images.ImageDataset` as the torch engine, in the same batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from qclassify.batches import EVAL_BATCH_SIZE, make_loader
+from qclassify.export import INPUT_NAME, average_probabilities, onnx_bytes
+from qclassify.images import ImageDataset
+from qclassify.inference import LoadedRun
+from qclassify.runfolder import MODEL_FILE, atomic_write, sha256_of_file
+
+if TYPE_CHECKING:  # annotations only: onnxruntime is imported where it is used
+    import onnxruntime
+
+__all__ = ["CACHE_FOLDER", "CACHE_FORMAT", "OnnxRunner", "cached_model_path"]
+
+CACHE_FOLDER = ".cache"  # a dot-folder: never listed as data, never a run file
+CACHE_FORMAT = "1"  # bump when the exported graph changes, so older caches are not used
+
+
+def cached_model_path(run: LoadedRun) -> Path:
+    """``RUN/.cache/model-<sha256 of model.pt, 16 hex>-f<CACHE_FORMAT>.onnx``."""
+    digest = sha256_of_file(run.run_dir / MODEL_FILE)[:16]
+    return run.run_dir / CACHE_FOLDER / f"model-{digest}-f{CACHE_FORMAT}.onnx"
+
+
+class OnnxRunner:
+    """A run's probabilities from ONNX Runtime on the CPU; `proba` is `LoadedRun.proba`'s."""
+
+    def __init__(self, session: onnxruntime.InferenceSession, image_size: int) -> None:
+        self.session = session
+        self.image_size = image_size
+
+    @classmethod
+    def for_run(cls, run: LoadedRun) -> OnnxRunner:
+        """The cached export of `run`'s model; exported (and cached) when missing or
+        unloadable. `run` must be loaded on the CPU with the torch circuit backend."""
+        path = cached_model_path(run)
+        session = _cached_session(path)
+        if session is None:
+            model = onnx_bytes(average_probabilities([run.model]), run.image_size)
+            try:
+                path.parent.mkdir(exist_ok=True)
+                atomic_write(path, lambda file: file.write(model))
+            except OSError:
+                pass  # a read-only run folder: run from memory, export again next time
+            session = _session(model)
+        return cls(session, run.image_size)
+
+    def proba(
+        self, paths: Sequence[str | Path], *, batch_size: int = EVAL_BATCH_SIZE,
+        progress: bool = False,
+    ) -> tuple[np.ndarray, float]:
+        """Class probabilities (N, C) float64 of image files, and the session's seconds."""
+        loader = make_loader(ImageDataset(paths, None, self.image_size), batch_size=batch_size)
+        batches, run_seconds = [], 0.0
+        for images, _ in tqdm(loader, desc="predict", leave=False, disable=not progress):
+            feed = {INPUT_NAME: images.numpy()}
+            start = time.perf_counter()
+            batches.append(self.session.run(None, feed)[0])
+            run_seconds += time.perf_counter() - start
+        proba = np.concatenate(batches).astype(np.float64)
+        # Renormalised in float64 so rows sum to one as tightly as the torch engine's (its
+        # softmax runs in float64); the values move by float32 rounding only.
+        return proba / proba.sum(axis=1, keepdims=True), run_seconds
+
+
+def _session(model: str | bytes) -> onnxruntime.InferenceSession:
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+
+
+def _cached_session(path: Path) -> onnxruntime.InferenceSession | None:
+    if not path.is_file():
+        return None
+    try:
+        return _session(str(path))
+    except Exception:  # noqa: BLE001 - onnxruntime's load errors (InvalidProtobuf, Fail, ...)
+        return None  # derive from Exception only; any of them means: export again
