@@ -18,6 +18,7 @@ from qclassify.devices import resolve_device
 from qclassify.figures import plot_confusion_matrix, plot_roc
 from qclassify.images import find_unreadable, list_images
 from qclassify.metrics import evaluate_predictions, predict_classes
+from qclassify.modelcard import write_model_card
 from qclassify.models import build_model, count_parameters
 from qclassify.options import OptionError
 from qclassify.runfolder import MODEL_FILE, ROC_FILE, SPLIT_FILE, RunFolder, check_separate
@@ -208,7 +209,7 @@ def evaluate_test_split(
 
 
 def save_evaluation(evaluation: Evaluation, data_dir: str | Path | None = None) -> RunFolder:
-    """Write ``metrics.json``, ``predictions.csv`` (``path,true_class,predicted_class,
+    """Write ``metrics.json``, ``model-card.md`` (`qclassify.modelcard`), ``predictions.csv`` (``path,true_class,predicted_class,
     p_<class>...``), ``confusion_matrix.png`` and ``roc.png`` (with the bootstrap band of the
     metrics' resamples) into the evaluated run's folder.
 
@@ -218,9 +219,11 @@ def save_evaluation(evaluation: Evaluation, data_dir: str | Path | None = None) 
     """
     run, metrics = evaluation.run, evaluation.metrics
     folder = RunFolder(run.run_dir)
-    check_separate(run.run_dir, _data_dir(run.run_dir, run.config, data_dir),
-                   option="run folder")
+    data = _data_dir(run.run_dir, run.config, data_dir)
+    check_separate(run.run_dir, data, option="run folder")
     folder.write_metrics(metrics)
+    if run.config:  # a card needs the training options; foreign folders have none
+        write_model_card(run.run_dir, data)
     columns = ["path", "true_class", "predicted_class", *(f"p_{c}" for c in run.class_names)]
     folder.write_predictions(columns, (
         {"path": path, "true_class": run.class_names[label],
