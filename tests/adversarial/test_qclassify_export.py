@@ -23,7 +23,7 @@ pytest.importorskip("onnx")
 
 from qclassify.cli import main  # noqa: E402
 from qclassify.config import TrainConfig  # noqa: E402
-from qclassify.inference import load_run, predict_paths  # noqa: E402
+from qclassify.inference import predict_paths  # noqa: E402
 from qclassify.onnx_engine import cached_model_path  # noqa: E402
 from qclassify.runtime import choose_engine  # noqa: E402
 from qclassify.train import fit  # noqa: E402
@@ -102,7 +102,7 @@ def test_export_without_a_model_is_one_line(tmp_path):
 def test_damaged_cached_export_is_exported_again(run_copy, trained):
     """Failure: a truncated or garbage RUN/.cache/*.onnx (a killed disk, a stray copy) made
     every later predict fail inside ONNX Runtime; it is now exported again."""
-    cache = cached_model_path(load_run(run_copy, device="cpu"))
+    cache = cached_model_path(run_copy)
     cache.write_bytes(b"not an onnx model")
     proba = _proba(run_copy, trained[1], "onnxruntime")
     np.testing.assert_allclose(proba, _proba(run_copy, trained[1], "torch"), atol=TOLERANCE,

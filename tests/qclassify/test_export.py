@@ -125,9 +125,7 @@ def test_engines_agree_and_the_export_is_cached(exported):
     proba = np.array([[row["p_normal"], row["p_stenosis"]] for row in rows])
     np.testing.assert_allclose(proba, _torch_proba(run, images), atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-12, rtol=0)
-    from qclassify.inference import load_run
-
-    cache = cached_model_path(load_run(run, device="cpu"))
+    cache = cached_model_path(run)
     assert cache.is_file() and cache.parent == run / ".cache"
     stamp = cache.stat().st_mtime_ns
     predict_paths(run, images[:1], device="cpu", engine="auto")  # auto on CPU: onnxruntime

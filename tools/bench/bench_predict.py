@@ -69,7 +69,8 @@ def time_predict(run: Path, images: Path, batch_size: int) -> float:
 def time_floor(run: Path, images: Path, batch_size: int) -> float:
     """Seconds of a bare `session.run` loop over the images decoded and preprocessed
     beforehand, in batches of `batch_size`."""
-    runner = OnnxRunner.for_run(load_run(run, device="cpu", q_backend="torch"))
+    loaded = load_run(run, device="cpu", q_backend="torch")
+    runner = OnnxRunner.for_model(loaded.model, loaded.image_size, run)
     paths = list_images(images)
     dataset = ImageDataset(paths, None, runner.image_size)
     tensors = torch.stack([dataset[i][0] for i in range(len(paths))]).numpy()

@@ -1,5 +1,5 @@
 """``qclassify`` command line: a thin shell over `train.fit`, `inference.evaluate_run`,
-`inference.predict_paths` and `compare.compare`.
+`inference.predict_paths`, `export.export_run` and `compare.compare`.
 
 Shared options are decorators (`seed_option`, `device_option`, `training_options`, ...) so
 other commands reuse them; the values of `training_options` are the fields of `TrainConfig`.

@@ -6,102 +6,41 @@ softmax is inside), so a consumer needs the preprocessing of ``FILE.json`` and n
 Whatever the run, what is exported is `AveragedProbabilities` over a list of member models:
 one member for a single run, one per seed for an ensemble.
 
-ONNX is written by torch's TorchScript-based exporter (``dynamo=False``, opset 17). torch 2.14's
-default dynamo exporter gives the same graph outputs but took 25 s per export against 2.5 s on
-one CPU core (a cost every first ``predict --engine onnxruntime`` pays) and needs onnxscript
-besides onnx; the model has no data-dependent control flow, which is what the dynamo exporter
-exists for. The quantum head exports as plain tensor operations (`qclassify.statevector`); a run
-trained with the PennyLane backend is exported through that exact PyTorch simulation of the
-same circuit with the same weights (the two backends' equality is tested in test_quantum).
+How the file is made: `qclassify.serialise`. A run trained with the PennyLane backend is
+exported through the exact PyTorch simulation of the same circuit with the same weights (the two
+backends' equality is tested in test_quantum).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import warnings
-from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from qclassify.images import IMAGENET_MEAN, IMAGENET_STD
 from qclassify.inference import LoadedRun, load_run
 from qclassify.options import OptionError
 from qclassify.runfolder import MODEL_FILE, atomic_write, write_json
 from qclassify.runtime import EXPORT_FORMATS, require_onnx_extra
+from qclassify.serialise import (
+    INPUT_NAME,
+    ONNX_OPSET,
+    OUTPUT_NAME,
+    SERIALISERS,
+    AveragedProbabilities,
+    average_probabilities,
+    onnx_bytes,
+    torchscript_bytes,
+)
 
 __all__ = ["DEFAULT_FILE_NAMES", "EXPORT_FORMATS", "INPUT_NAME", "ONNX_OPSET", "OUTPUT_NAME",
            "AveragedProbabilities", "average_probabilities", "export_description",
            "export_run", "onnx_bytes", "sidecar_path", "torchscript_bytes"]
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
-ONNX_OPSET = 17
 DEFAULT_FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.ts"}
-# Two images: a batch of one would let the tracer specialise shapes to 1.
-_EXAMPLE_BATCH = 2
-
-
-class AveragedProbabilities(nn.Module):
-    """Images (N, 3, S, S) -> the mean over `members` of softmax(member(images)), (N, C)."""
-
-    def __init__(self, members: Sequence[nn.Module]) -> None:
-        super().__init__()
-        if not members:
-            raise ValueError("average_probabilities needs at least one member model")
-        self.members = nn.ModuleList(members)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        member_probabilities = [torch.softmax(member(images), dim=1) for member in self.members]
-        return torch.stack(member_probabilities).mean(dim=0)
-
-
-def average_probabilities(members: Sequence[nn.Module]) -> AveragedProbabilities:
-    """One module, in eval mode, averaging the class probabilities of `members` (a seed
-    ensemble; a single run is a list of one)."""
-    return AveragedProbabilities(members).eval()
-
-
-def _example(image_size: int) -> torch.Tensor:
-    return torch.zeros(_EXAMPLE_BATCH, 3, image_size, image_size)
-
-
-def onnx_bytes(module: nn.Module, image_size: int) -> bytes:
-    """The serialised ONNX model of `module` (CPU, eval mode) for square `image_size` inputs,
-    batch dimension dynamic.
-
-    Raises:
-        OnnxExtraMissingError: onnx is not installed.
-    """
-    require_onnx_extra("ONNX export")
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices
-        torch.onnx.export(
-            module, (_example(image_size),), buffer, dynamo=False, opset_version=ONNX_OPSET,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )
-    return buffer.getvalue()
-
-
-def torchscript_bytes(module: nn.Module, image_size: int) -> bytes:
-    """The saved TorchScript module (`torch.jit.trace`) of `module` for `image_size` inputs;
-    load it with ``torch.jit.load``."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # torch.jit's deprecation and tracer notices
-        traced = torch.jit.trace(module, _example(image_size))
-        torch.jit.save(traced, buffer)
-    return buffer.getvalue()
-
-
-_SERIALISERS: dict[str, Callable[[nn.Module, int], bytes]] = {
-    "onnx": onnx_bytes, "torchscript": torchscript_bytes}
 
 
 def sidecar_path(model_file: str | Path) -> Path:
@@ -201,7 +140,7 @@ def export_run(run_dir: str | Path, export_format: str = "onnx",
     run = load_run(run_dir, device="cpu", q_backend="torch")
     out = Path(out) if out is not None else run.run_dir / DEFAULT_FILE_NAMES[export_format]
     _check_out_file(out, run)
-    data = _SERIALISERS[export_format](average_probabilities([run.model]), run.image_size)
+    data = SERIALISERS[export_format](average_probabilities([run.model]), run.image_size)
     atomic_write(out, lambda file: file.write(data))
     write_json(sidecar_path(out), export_description(run, export_format, out,
                                                      hashlib.sha256(data).hexdigest()))

@@ -323,9 +323,9 @@ def _engine(run: LoadedRun, engine: str) -> LoadedRun | OnnxRunner:
     """What computes the probabilities: the run itself, or its ONNX export."""
     if engine != "onnxruntime":
         return run
-    from qclassify.onnx_engine import OnnxRunner  # imports this module
+    from qclassify.onnx_engine import OnnxRunner
 
-    return OnnxRunner.for_run(run)
+    return OnnxRunner.for_model(run.model, run.image_size, run.run_dir)
 
 
 def _expand(paths: Sequence[str | Path]) -> list[Path]:

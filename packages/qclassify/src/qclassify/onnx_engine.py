@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from qclassify.batches import EVAL_BATCH_SIZE
-from qclassify.export import INPUT_NAME, average_probabilities, onnx_bytes
 from qclassify.images import ImageDataset
-from qclassify.inference import LoadedRun
 from qclassify.runfolder import MODEL_FILE, atomic_write, sha256_of_file
+from qclassify.serialise import INPUT_NAME, average_probabilities, onnx_bytes
 
 if TYPE_CHECKING:  # annotations only: onnxruntime is imported where it is used
     import onnxruntime
@@ -35,10 +35,11 @@ CACHE_FOLDER = ".cache"  # a dot-folder: never listed as data, never a run file
 CACHE_FORMAT = "1"  # bump when the exported graph changes, so older caches are not used
 
 
-def cached_model_path(run: LoadedRun) -> Path:
+def cached_model_path(run_dir: str | Path) -> Path:
     """``RUN/.cache/model-<sha256 of model.pt, 16 hex>-f<CACHE_FORMAT>.onnx``."""
-    digest = sha256_of_file(run.run_dir / MODEL_FILE)[:16]
-    return run.run_dir / CACHE_FOLDER / f"model-{digest}-f{CACHE_FORMAT}.onnx"
+    run_dir = Path(run_dir)
+    digest = sha256_of_file(run_dir / MODEL_FILE)[:16]
+    return run_dir / CACHE_FOLDER / f"model-{digest}-f{CACHE_FORMAT}.onnx"
 
 
 class OnnxRunner:
@@ -49,20 +50,20 @@ class OnnxRunner:
         self.image_size = image_size
 
     @classmethod
-    def for_run(cls, run: LoadedRun) -> OnnxRunner:
-        """The cached export of `run`'s model; exported (and cached) when missing or
-        unloadable. `run` must be loaded on the CPU with the torch circuit backend."""
-        path = cached_model_path(run)
+    def for_model(cls, model: nn.Module, image_size: int, run_dir: str | Path) -> OnnxRunner:
+        """The cached export of `model` (``run_dir``'s, on the CPU, torch circuit backend);
+        exported (and cached) when missing or unloadable."""
+        path = cached_model_path(run_dir)
         session = _cached_session(path)
         if session is None:
-            model = onnx_bytes(average_probabilities([run.model]), run.image_size)
+            exported = onnx_bytes(average_probabilities([model]), image_size)
             try:
                 path.parent.mkdir(exist_ok=True)
-                atomic_write(path, lambda file: file.write(model))
+                atomic_write(path, lambda file: file.write(exported))
             except OSError:
                 pass  # a read-only run folder: run from memory, export again next time
-            session = _session(model)
-        return cls(session, run.image_size)
+            session = _session(exported)
+        return cls(session, image_size)
 
     def proba(
         self, paths: Sequence[str | Path], *, batch_size: int = EVAL_BATCH_SIZE,
