@@ -27,7 +27,8 @@ TEST_TOOLS = ["pytest>=8", "diffusers>=0.25", "imbalanced-learn>=0.13", "scikit-
 def install_everything(session: nox.Session) -> None:
     """Both packages with every extra, torch first so pip resolves one torch for all."""
     session.install(*TORCH_STACK)
-    session.install("-e", f"{DIFFAUG}[fid,dicom]", "-e", f"{QCLASSIFY}[pennylane,lightning,dicom]")
+    session.install("-e", f"{DIFFAUG}[fid,dicom]",
+                    "-e", f"{QCLASSIFY}[pennylane,lightning,dicom,onnx]")
 
 
 @nox.session

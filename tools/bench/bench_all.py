@@ -5,7 +5,7 @@
     TORCH_HOME=../shared/torch-home nox -s bench -- --quick
 
 A loop over the benchmark scripts of this folder (bench_balance.py, bench_quantum.py,
-bench_train.py, bench_epoch_floor.py, bench_fid.py and fid_quality.py): each owns its goals and its rendering (its
+bench_train.py, bench_epoch_floor.py, bench_predict.py, bench_fid.py and fid_quality.py): each owns its goals and its rendering (its
 ``BENCHMARK``, see bench_report.py), runs as a subprocess of this interpreter from the
 repository root with its full-size defaults, or with `--quick` for a smoke run, and hands its
 measurements back as JSON. The report holds the date, the machine, the exact command behind
@@ -55,7 +55,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # --only name -> the module of this folder that defines its BENCHMARK, in report order.
 BENCHMARK_MODULES = {"balance": "bench_balance", "quantum": "bench_quantum",
                      "train": "bench_train", "epoch-floor": "bench_epoch_floor",
-                     "fid": "bench_fid", "fid-quality": "fid_quality"}
+                     "predict": "bench_predict", "fid": "bench_fid",
+                     "fid-quality": "fid_quality"}
 VERSIONED = ("torch", "torchvision", "numpy", "scipy", "pillow", "pennylane",
              "pennylane-lightning", "onnxruntime", "pytorch-fid", "diffaug", "qclassify")
 RECORDED_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TORCH_HOME", "CUDA_VISIBLE_DEVICES")

@@ -1,5 +1,6 @@
 """``qclassify`` command line: a thin shell over `train.fit` (`ensemble.fit_seeds` with
-``--seeds``), `ensemble_run.evaluate_any`, `ensemble_run.predict_any` and `compare.compare`.
+``--seeds``), `ensemble_run.evaluate_any`, `ensemble_run.predict_any`, `export.export_run` and
+`compare.compare`.
 
 Shared options are decorators (`seed_option`, `device_option`, `training_options`, ...) so
 other commands reuse them; the values of `training_options` are the fields of `TrainConfig`.
@@ -51,6 +52,7 @@ from qclassify.options import (
     parse_seeds,
 )
 from qclassify.runfolder import METRICS_FILE, MODEL_FILE, check_separate
+from qclassify.runtime import ENGINES, EXPORT_FORMATS
 
 if TYPE_CHECKING:
     from qclassify.distributed import Ranks
@@ -526,9 +528,13 @@ def evaluate(run: Path, data: Path | None, n_bootstrap: int, positive: str | Non
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @device_option
 @_reading_options(recorded=True)
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+              help="auto = onnxruntime on the CPU when qclassify[onnx] is installed, else "
+                   "torch; onnxruntime exports the model once into RUN/.cache/.")
 @quiet_option
 def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str,
-            frames: str | None, window: tuple[float, float] | None, quiet: bool) -> None:
+            frames: str | None, window: tuple[float, float] | None, engine: str,
+            quiet: bool) -> None:
     """Print CSV path,predicted_class,p_<class>... for images and folders of images.
 
     A seed ensemble (fit --seeds) predicts its members' mean probability.
@@ -540,17 +546,43 @@ def predict(run: Path, paths: tuple[Path, ...], batch_size: int, device: str,
     Example:
         qclassify predict runs/q new_images/ > predictions.csv
         qclassify predict runs/q scan_001.png scan_002.png --device cpu
+        qclassify predict runs/q new_images/ --engine torch
     """
     from qclassify.ensemble_run import predict_any
 
     with _one_line_errors():
         rows = predict_any(run, paths, batch_size=batch_size, device=device,
-                           progress=not quiet, frames=frames, window=window)
+                           progress=not quiet, frames=frames, window=window, engine=engine)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     click.echo(buffer.getvalue(), nl=False)
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "export_format", type=click.Choice(EXPORT_FORMATS), default="onnx",
+              show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Model file [default: RUN/model.onnx or RUN/model.ts]; its description "
+                   "goes to OUT.json.")
+def export(run: Path, export_format: str, out: Path | None) -> None:
+    """Export RUN's model (quantum head included, softmax inside) to run without qclassify.
+
+    The file maps normalised images (N, 3, S, S) float32 to class probabilities; FILE.json
+    beside it gives the preprocessing, class names, decision rule and the file's SHA-256.
+
+    \b
+    Example:
+        qclassify export runs/q --format onnx
+        qclassify export runs/q --format torchscript --out deploy/q.ts
+    """
+    from qclassify.export import export_run
+
+    with _one_line_errors():
+        written = export_run(run, export_format, out)
+    click.echo(f"wrote {written} and {written}.json")
 
 
 @main.command()

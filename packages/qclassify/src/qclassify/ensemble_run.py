@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from qclassify.batches import EVAL_BATCH_SIZE
 from qclassify.inference import (
@@ -20,6 +21,8 @@ from qclassify.inference import (
     evaluate_test_split,
     load_run,
     predict_files,
+    predict_paths,
+    resolve_engine,
     save_evaluation,
 )
 from qclassify.metrics import METRIC_NAMES, evaluate_predictions, predict_classes
@@ -68,6 +71,19 @@ class EnsembleRun:
     def frames(self) -> str:
         return self._first.frames
 
+    @property
+    def window(self) -> tuple[float, float] | None:
+        return self._first.window
+
+    @property
+    def image_size(self) -> int:
+        return self._first.image_size
+
+    @property
+    def models(self) -> list[nn.Module]:
+        """The members' models, in seed order (their probabilities are averaged)."""
+        return [member.model for member in self.members.values()]
+
     def read_options(self, frames: str | None, window: tuple[float, float] | None) -> None:
         """Read images with `frames`/`window` instead of the training runs' (None keeps them)."""
         for member in self.members.values():
@@ -93,7 +109,8 @@ class EnsembleRun:
         return predict_classes(proba, positive=positive, threshold=self.decision_threshold)
 
 
-def load_ensemble(run_dir: str | Path, *, device: str = "auto") -> EnsembleRun:
+def load_ensemble(run_dir: str | Path, *, device: str = "auto",
+                  q_backend: str | None = None) -> EnsembleRun:
     """Load every member of a finished seed ensemble.
 
     Raises:
@@ -103,7 +120,7 @@ def load_ensemble(run_dir: str | Path, *, device: str = "auto") -> EnsembleRun:
     if not folder.is_finished_ensemble():
         raise ValueError(f"{folder.path} holds no finished seed ensemble: finish it with "
                          "`qclassify fit ... --seeds ... --resume` first")
-    members = {member.path.name: load_run(member.path, device=device)
+    members = {member.path.name: load_run(member.path, device=device, q_backend=q_backend)
                for member in folder.members()}
     return EnsembleRun(folder.path, members, folder.read_config())
 
@@ -199,11 +216,15 @@ def evaluate_any(run_dir: str | Path, data_dir: str | Path | None = None,
 
 def predict_any(run_dir: str | Path, paths: Sequence[str | Path], *, device: str = "auto",
                 batch_size: int = EVAL_BATCH_SIZE, progress: bool = False,
-                frames: str | None = None,
-                window: tuple[float, float] | None = None) -> list[dict[str, str | float]]:
-    """What ``qclassify predict RUN`` does: the CSV rows of `qclassify.inference.predict_paths`,
-    from the members' mean probability for a folder made with ``fit --seeds``."""
-    run = (load_ensemble(run_dir, device=device) if RunFolder(run_dir).is_ensemble()
-           else load_run(run_dir, device=device))
+                frames: str | None = None, window: tuple[float, float] | None = None,
+                engine: str = "auto") -> list[dict[str, str | float]]:
+    """What ``qclassify predict RUN`` does: `qclassify.inference.predict_paths`, or for a
+    folder made with ``fit --seeds`` the same rows from the members' mean probability (with
+    ``engine="onnxruntime"``: one ONNX graph averaging the members)."""
+    if not RunFolder(run_dir).is_ensemble():
+        return predict_paths(run_dir, paths, device=device, batch_size=batch_size,
+                             progress=progress, frames=frames, window=window, engine=engine)
+    engine, q_backend = resolve_engine(engine, device)
+    run = load_ensemble(run_dir, device=device, q_backend=q_backend)
     run.read_options(frames, window)
-    return predict_files(run, paths, batch_size=batch_size, progress=progress)
+    return predict_files(run, paths, batch_size=batch_size, progress=progress, engine=engine)

@@ -6,6 +6,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,9 +20,14 @@ from qclassify.figures import plot_confusion_matrix, plot_roc
 from qclassify.images import ImageRef, find_unreadable, list_images
 from qclassify.medical import frame_indices, is_medical
 from qclassify.metrics import evaluate_predictions, predict_classes
+from qclassify.modelcard import write_model_card
 from qclassify.models import build_model, count_parameters
 from qclassify.options import OptionError
 from qclassify.runfolder import MODEL_FILE, ROC_FILE, SPLIT_FILE, RunFolder, check_separate
+from qclassify.runtime import choose_engine
+
+if TYPE_CHECKING:
+    from qclassify.onnx_engine import OnnxRunner
 
 __all__ = ["Evaluation", "LoadedRun", "check_positive", "evaluate_run", "evaluate_test_split",
            "load_run", "predict_files", "predict_paths", "predict_proba", "save_evaluation"]
@@ -56,6 +62,11 @@ class LoadedRun:
                              batch_size=batch_size, device=self.device, progress=progress,
                              window=self.window)
 
+    @property
+    def models(self) -> list[nn.Module]:
+        """The models whose probabilities are averaged: this run's one (see `EnsembleRun`)."""
+        return [self.model]
+
     def read_options(self, frames: str | None, window: tuple[float, float] | None) -> None:
         """Use `frames`/`window` instead of the training run's (None keeps the run's)."""
         if frames is not None:
@@ -70,9 +81,14 @@ class LoadedRun:
         return predict_classes(proba, positive=positive, threshold=self.decision_threshold)
 
 
-def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
+def load_run(run_dir: str | Path, *, device: str = "auto",
+             q_backend: str | None = None) -> LoadedRun:
     """Rebuild the model saved in ``run_dir/model.pt``; no other file is required. How
     DICOM/NIfTI files are read (frames, window) comes from ``config.json``'s options.
+
+    `q_backend` overrides the checkpoint's circuit simulation: both backends share their
+    weights (same state-dict key), so ``"torch"`` runs a PennyLane-trained model through the
+    exact PyTorch simulation (what `qclassify.export` traces), without PennyLane installed.
 
     Raises:
         ValueError: no such folder, no ``model.pt`` (training not run or not finished), a file
@@ -98,6 +114,8 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
     if not (isinstance(class_names, list) and all(isinstance(n, str) for n in class_names)):
         raise ValueError(f"{model_path} is not a usable qclassify checkpoint: its class_names "
                          "are not a list of names")
+    if q_backend is not None:
+        checkpoint = {**checkpoint, "q_backend": q_backend}
     model = _rebuild_model(model_path, checkpoint)
     resolved = resolve_device(device)
     config = folder.read_config()
@@ -233,7 +251,7 @@ def sample_name(path: str | Path, frame: int | None) -> str:
 
 
 def save_evaluation(evaluation: Evaluation, data_dir: str | Path | None = None) -> RunFolder:
-    """Write ``metrics.json``, ``predictions.csv`` (``path,true_class,predicted_class,
+    """Write ``metrics.json``, ``model-card.md`` (`qclassify.modelcard`), ``predictions.csv`` (``path,true_class,predicted_class,
     p_<class>...``), ``confusion_matrix.png`` and ``roc.png`` (with the bootstrap band of the
     metrics' resamples) into the evaluated run's folder.
 
@@ -243,9 +261,11 @@ def save_evaluation(evaluation: Evaluation, data_dir: str | Path | None = None) 
     """
     run, metrics = evaluation.run, evaluation.metrics
     folder = RunFolder(run.run_dir)
-    check_separate(run.run_dir, _data_dir(run.run_dir, run.config, data_dir),
-                   option="run folder")
+    data = _data_dir(run.run_dir, run.config, data_dir)
+    check_separate(run.run_dir, data, option="run folder")
     folder.write_metrics(metrics)
+    if run.config:  # a card needs the training options; foreign folders have none
+        write_model_card(run.run_dir, data)
     columns = ["path", "true_class", "predicted_class", *(f"p_{c}" for c in run.class_names)]
     folder.write_predictions(columns, (
         {"path": path, "true_class": run.class_names[label],
@@ -307,6 +327,7 @@ def predict_paths(
     progress: bool = False,
     frames: str | None = None,
     window: tuple[float, float] | None = None,
+    engine: str = "auto",
 ) -> list[dict[str, str | float]]:
     """Predict image files and every image below folders, in path order.
 
@@ -322,13 +343,18 @@ def predict_paths(
 
     Args:
         progress: progress bars (tqdm, on stderr) while images are checked and predicted.
+        engine: ``"torch"``, ``"onnxruntime"`` (CPU; the model exported once into the run
+            folder's cache, `qclassify.onnx_engine`) or ``"auto"`` (onnxruntime on a CPU when
+            ``qclassify[onnx]`` is installed, else torch; `qclassify.runtime.choose_engine`).
 
     Raises:
-        ValueError: a path does not exist, or no readable image was given.
+        ValueError: a path does not exist, no readable image was given, or an engine that
+            cannot run on the device. OnnxExtraMissingError: onnxruntime without its extra.
     """
-    run = load_run(run_dir, device=device)
+    engine, q_backend = resolve_engine(engine, device)
+    run = load_run(run_dir, device=device, q_backend=q_backend)
     run.read_options(frames, window)
-    return predict_files(run, paths, batch_size=batch_size, progress=progress)
+    return predict_files(run, paths, batch_size=batch_size, progress=progress, engine=engine)
 
 
 def predict_files(
@@ -337,9 +363,11 @@ def predict_files(
     *,
     batch_size: int = EVAL_BATCH_SIZE,
     progress: bool = False,
+    engine: str = "torch",
 ) -> list[dict[str, str | float]]:
     """`predict_paths` with a loaded run (or anything with its ``proba``,
-    ``predicted_classes``, ``class_names`` and ``frames``, such as a seed ensemble)."""
+    ``predicted_classes``, ``class_names``, ``frames`` and, for ``engine="onnxruntime"``,
+    ``models``, such as a seed ensemble)."""
     files = _expand(paths)
     for path, reason in find_unreadable(files, progress=progress).items():
         warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=2)
@@ -348,13 +376,30 @@ def predict_files(
         raise ValueError(f"no readable images among {', '.join(str(p) for p in paths)}")
     refs = [ImageRef(path, frame) for path in files
             for frame in (frame_indices(path, run.frames) if is_medical(path) else [None])]
-    proba, _ = run.proba(refs, batch_size=batch_size, progress=progress)
+    proba, _ = _engine(run, engine).proba(refs, batch_size=batch_size, progress=progress)
     predicted = run.predicted_classes(proba)
     return [
         {"path": sample_name(*ref), "predicted_class": run.class_names[k],
          **_probability_columns(run.class_names, row)}
         for ref, k, row in zip(refs, predicted, proba, strict=True)
     ]
+
+
+def resolve_engine(engine: str, device: str) -> tuple[str, str | None]:
+    """The engine `predict` uses on `device` (`choose_engine`), and the circuit backend to
+    load the run with: the ONNX export traces the exact torch simulation of a
+    PennyLane-trained circuit."""
+    engine = choose_engine(engine, resolve_device(device).type)
+    return engine, "torch" if engine == "onnxruntime" else None
+
+
+def _engine(run: LoadedRun, engine: str) -> LoadedRun | OnnxRunner:
+    """What computes the probabilities: the run itself, or its ONNX export."""
+    if engine != "onnxruntime":
+        return run
+    from qclassify.onnx_engine import OnnxRunner
+
+    return OnnxRunner.for_run(run)
 
 
 def _expand(paths: Sequence[str | Path]) -> list[Path]:

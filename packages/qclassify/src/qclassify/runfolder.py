@@ -10,6 +10,7 @@ this module imports torch (and `qclassify.data`) only inside the methods that ne
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -44,6 +45,7 @@ __all__ = [
     "read_split_csv",
     "split_row",
     "read_torch",
+    "sha256_of_file",
     "write_csv",
     "write_json",
     "write_torch",
@@ -70,6 +72,7 @@ SPLIT_COLUMNS = ("path", "class", "split", "synthetic")
 # ...and, only when some sample is one frame of a multi-frame file (``--frames all``), which.
 FRAME_COLUMN = "frame"
 GROUP_COLUMN = "group"
+_HASH_CHUNK = 2**20
 RUN_FILES = (
     CONFIG_FILE,
     SPLIT_FILE,
@@ -305,6 +308,22 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
         temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256_of_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks.
+
+    Raises:
+        ValueError: the file cannot be read, naming it.
+    """
+    digest = hashlib.sha256()
+    try:
+        with Path(path).open("rb") as file:
+            for chunk in iter(lambda: file.read(_HASH_CHUNK), b""):
+                digest.update(chunk)
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror}") from err
+    return digest.hexdigest()
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
