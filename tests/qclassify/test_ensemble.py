@@ -204,12 +204,40 @@ def test_cli_predict_on_ensemble_prints_mean_probability(ensemble, data):
     """`predict RUN` on an ensemble prints the members' mean probability per image."""
     images = sorted((data / "stenosis").glob("*.png"))[:3]
     result = CliRunner().invoke(main, ["predict", str(ensemble), *map(str, images), "--quiet",
-                                       "--device", "cpu"], catch_exceptions=False)
+                                       "--device", "cpu", "--engine", "torch"],
+                                catch_exceptions=False)
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(result.stdout.splitlines()))
     oracle = member_mean_proba(ensemble, Path("/"), [str(p) for p in images])
     printed = np.array([[float(r["p_normal"]), float(r["p_stenosis"])] for r in rows])
     np.testing.assert_allclose(printed, oracle, rtol=0, atol=ATOL)
+
+
+def test_ensemble_exports_and_predicts_as_one_onnx_graph(tmp_path, ensemble, data):
+    """`export` of an ensemble folder is one graph averaging the members, and `predict
+    --engine onnxruntime` on the folder runs it: both equal the members' mean probability
+    (float32 graph: 1e-5)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from qclassify.ensemble_run import predict_any
+    from qclassify.export import export_run
+    from qclassify.images import ImageDataset
+
+    run = tmp_path / "run"
+    shutil.copytree(ensemble, run)
+    images = sorted((data / "stenosis").glob("*.png"))[:3]
+    oracle = member_mean_proba(run, Path("/"), [str(p) for p in images])
+    out = export_run(run, "onnx")
+    description = json.loads(out.with_name(out.name + ".json").read_text())
+    assert description["source"]["members"] == len(SEEDS)
+    dataset = ImageDataset(images, None, 32)
+    batch = np.stack([dataset[i][0].numpy() for i in range(len(images))])
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (exported,) = session.run(None, {"images": batch})
+    np.testing.assert_allclose(exported, oracle, rtol=0, atol=1e-5)
+    rows = predict_any(run, images, device="cpu", engine="onnxruntime")
+    printed = np.array([[r["p_normal"], r["p_stenosis"]] for r in rows])
+    np.testing.assert_allclose(printed, oracle, rtol=0, atol=1e-5)
 
 
 def test_resume_skips_finished_members_and_continues_the_interrupted(tmp_path, data):
