@@ -135,6 +135,7 @@ def test_a_weights_file_selects_the_paper_recipe(image_folder, tmp_path, monkeyp
 
     def fake_fit(data, run_dir, config, **kwargs):
         received.append(config)
+        kwargs["on_start"]()  # where the real fit prints the recipe: model built, nothing written
         raise ValueError("stop here")
 
     monkeypatch.setattr(train_module, "fit", fake_fit)

@@ -437,9 +437,9 @@ def fit(ctx: click.Context, data: Path, out: Path | None, overwrite: bool, resum
         with _one_line_errors():
             config.validate()
             resolved = config.resolved()
-            click.echo(config.recipe_summary())
             result = train.fit(data, run_dir, resolved, progress=not quiet,
-                               overwrite=overwrite, resume=resume, on_epoch=log_epoch)
+                               overwrite=overwrite, resume=resume, on_epoch=log_epoch,
+                               on_start=lambda: click.echo(config.recipe_summary()))
         stop = "early stop" if result.stopped_early else "all epochs"
         # Named only now: a run refused by validation never creates its folder.
         click.echo(f"run folder: {run_dir}")

@@ -113,6 +113,7 @@ def fit(
     resume: bool = False,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     split_seed: int | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> FitResult:
     """Train `config.model` on `data_dir` and write the run folder `run_dir`.
 
@@ -134,6 +135,8 @@ def fit(
         split_seed: seeds the split of a class-folder dataset instead of ``config.seed`` (the
             members of a seed ensemble share one split); recorded in ``config.json``.
         on_epoch: called with each epoch's record as soon as the epoch ends.
+        on_start: called once the data, options and model are ready, before anything is
+            written (the CLI prints the recipe then, so a refused run prints only its error).
 
     `config` is resolved first (`TrainConfig.resolved`): its recipe fills the options it
     leaves unset, and config.json records the result.
@@ -166,6 +169,8 @@ def fit(
         q_device=config.q_device, stem=config.stem,
     )
     info = run_info(data_dir, config, dataset, model, device)
+    if on_start is not None:
+        on_start()
     if ranks.is_distributed:
         info.update(torchrun_processes=ranks.world_size)
     if split_seed is not None:  # a plain run's config.json stays as it was
