@@ -74,7 +74,7 @@ def test_each_step_runs_the_command_it_shows(demo):
     assert commands[1] == "diffaug balance demo/data demo/balanced --ratio 0.7 --seed 0 --quiet"
     assert commands[2].startswith("qclassify compare demo/data --augmented demo/balanced "
                                   "--out demo/report --image-size 32 --epochs 1 --lr 1e-3 "
-                                  "--weights none --device auto --seed 0")
+                                  "--weights none --recipe paper --device auto --seed 0")
 
 
 def test_plan_shows_the_eq3_synthetic_count(demo):

@@ -15,10 +15,11 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from qclassify.batches import EVAL_BATCH_SIZE
@@ -29,8 +30,17 @@ from qclassify.serialise import INPUT_NAME, average_probabilities, onnx_bytes
 if TYPE_CHECKING:  # annotations only: onnxruntime is imported where it is used
     import onnxruntime
 
-    from qclassify.ensemble_run import EnsembleRun
-    from qclassify.inference import LoadedRun
+
+class ExportableRun(Protocol):
+    """What `OnnxRunner.for_run` needs of a loaded run: `qclassify.inference.LoadedRun`, or a
+    seed ensemble's `qclassify.ensemble_run.EnsembleRun` (its members' models averaged)."""
+
+    run_dir: Path
+    image_size: int
+    window: tuple[float, float] | None
+
+    @property
+    def models(self) -> list[nn.Module]: ...
 
 __all__ = ["CACHE_FOLDER", "CACHE_FORMAT", "OnnxRunner", "cached_model_path"]
 
@@ -61,7 +71,7 @@ class OnnxRunner:
         self.window = window
 
     @classmethod
-    def for_run(cls, run: LoadedRun | EnsembleRun) -> OnnxRunner:
+    def for_run(cls, run: ExportableRun) -> OnnxRunner:
         """The cached export of a loaded run's models (one, or a seed ensemble's members
         averaged in one graph; on the CPU, torch circuit backend); exported (and cached in
         the run folder) when missing or unloadable."""
