@@ -1,7 +1,7 @@
 """The paper's experiment on a MedMNIST subset, next to MedMNIST v2's published baselines.
 
     python tools/medmnist/run_medmnist.py PATH.npz [--out medmnist-out] [--image-size 64
-        --epochs 30 --weights none --seed 0 --ratio 0.7 --models qmobilenet,mobilenet_v2 ...]
+        --epochs N --weights none --seed 0 --ratio 0.7 --models qmobilenet,mobilenet_v2 ...]
     nox -s medmnist -- ../shared/data/breastmnist.npz
 
 Runs, as a user would, echoing each command (tools/pipeline.py runs the steps):
@@ -93,7 +93,7 @@ class Settings:
     seed: int = 0
     workers: int = 1
     image_size: int = 64
-    epochs: int = 30
+    epochs: int | None = None  # None: the recipe's (qclassify compare --recipe auto)
     weights: str = "none"
     models: tuple[str, ...] = ()
     quiet: bool = False
@@ -112,6 +112,7 @@ def pipeline_commands(npz: Path, subset_dir: Path, settings: Settings,
     data, balanced, report = layout.data, layout.balanced, layout.report
     quiet = ["--quiet"] if settings.quiet else []
     models = ["--models", ",".join(settings.models)] if settings.models else []
+    epochs = [] if settings.epochs is None else ["--epochs", str(settings.epochs)]
     return {
         "convert": [python, str(CONVERTER), str(npz), str(data), *quiet],
         "balance": [python, "-m", "diffaug", "balance", str(data), str(balanced),
@@ -119,7 +120,7 @@ def pipeline_commands(npz: Path, subset_dir: Path, settings: Settings,
                     "--workers", str(settings.workers), *quiet],
         "compare": [python, "-m", "qclassify", "compare", str(data), "--augmented",
                     str(balanced), "--out", str(report), "--image-size", str(settings.image_size),
-                    "--epochs", str(settings.epochs), "--weights", settings.weights,
+                    *epochs, "--weights", settings.weights,
                     "--seed", str(settings.seed), *models, *compare_args, *quiet],
     }
 
@@ -215,8 +216,9 @@ def results_markdown(rows: Sequence[dict], *, npz: Path, subset: str | None,
     counts = source.get("counts", {})
     split_sizes = ", ".join(f"{split} {sum(per_class.values())}"
                             for split, per_class in counts.items())
-    setting = (f"this repo, {settings.image_size} px, weights {settings.weights}, "
-               f"epochs ≤ {settings.epochs}" + "".join(f" {arg}" for arg in compare_args))
+    budget = "the recipe's epochs" if settings.epochs is None else f"epochs ≤ {settings.epochs}"
+    setting = (f"this repo, {settings.image_size} px, weights {settings.weights}, {budget}"
+               + "".join(f" {arg}" for arg in compare_args))
     task = (f"positive class `{positive}` (the training minority unless --positive named one)"
             if positive is not None else "multi-class: macro averages, one-vs-rest macro AUC")
     baselines = published_baselines(subset)
@@ -279,7 +281,8 @@ def conversion_reuse_note(npz: Path, data: Path) -> str | None:
               show_default=True, help="diffaug balance --workers.")
 @click.option("--image-size", type=click.IntRange(min=1), default=Settings.image_size,
               show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=Settings.epochs, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=Settings.epochs,
+              help="qclassify compare --epochs [default: the recipe's].")
 @click.option("--weights", default=Settings.weights, show_default=True,
               help="imagenet, none or a state-dict PATH (qclassify compare --weights).")
 @click.option("--models", multiple=True,
