@@ -114,3 +114,22 @@ def test_without_torchrun_nothing_is_distributed(monkeypatch):
         assert ranks.sum(1.5, 3) == (1.5, 3)
         assert ranks.from_main(lambda: "computed") == "computed"
         assert ranks.first_to_fail()
+
+
+def test_seeds_under_torchrun_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """Misuse: `torchrun ... qclassify fit --seeds 0-2` would have every rank write the same
+    member folders; it is a usage error (exit 2, one line) and nothing is created."""
+    from click.testing import CliRunner
+    from qclassify.cli import main
+
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    data = tmp_path / "data"
+    for name in ("a", "b"):
+        (data / name).mkdir(parents=True)
+    result = CliRunner().invoke(main, ["fit", str(data), "--out", str(tmp_path / "run"),
+                                       "--weights", "none", "--seeds", "0-2"])
+    assert result.exit_code == 2, result.output
+    assert "--seeds is not supported under torchrun" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()

@@ -135,6 +135,12 @@ def _check_one_seed_option(seeds: list[int] | None) -> None:
     if seeds is not None and typed:
         raise click.UsageError("--seed and --seeds are mutually exclusive: give one seed with "
                                "--seed or an ensemble's seeds with --seeds")
+    if seeds is not None:
+        from qclassify.distributed import under_torchrun
+
+        if under_torchrun():  # every rank would write the members' folders
+            raise click.UsageError("--seeds is not supported under torchrun: run one torchrun "
+                                   "per seed with --seed, or --seeds in a single process")
 
 
 seed_option = click.option(
