@@ -59,15 +59,21 @@ def locked_output_folder(out_dir: Path) -> Iterator[None]:
     out_dir.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)  # flock needs no write access
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputFolderBusyError(
-                f"output folder {printable_path(out_dir)} is in use by another diffaug balance "
-                "run; wait for it to end or choose another folder.") from None
+        lock_or_refuse(descriptor, f"output folder {printable_path(out_dir)} is in use by "
+                       "another diffaug balance run; wait for it to end or choose another folder.")
         yield
     finally:
         os.close(descriptor)  # releases the lock
+
+
+def lock_or_refuse(descriptor: int, busy_message: str) -> None:
+    """Take the exclusive lock of the open file `descriptor` (released when it is closed), or
+    raise :class:`OutputFolderBusyError` with `busy_message` at once when another process
+    holds it."""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OutputFolderBusyError(busy_message) from None
 
 
 def check_output_folder(out_dir: Path, record: dict[str, Any]) -> bool:

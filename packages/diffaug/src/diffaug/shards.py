@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -45,9 +44,9 @@ from diffaug.io import (
 )
 from diffaug.layout import BalanceInputError
 from diffaug.outfolder import (
-    OutputFolderBusyError,
     changed_files,
     clean_output_folder,
+    lock_or_refuse,
     planned_part,
     run_record_bytes,
 )
@@ -213,12 +212,8 @@ def _locked_shards(out_dir: Path, shards: Iterable[tuple[int, int]]) -> Iterator
         for index, count in shards:
             descriptor = os.open(folder / f"{index}-of-{count}.lock", os.O_RDWR | os.O_CREAT, 0o666)
             stack.callback(os.close, descriptor)  # closing releases the lock
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise OutputFolderBusyError(
-                    f"shard {index}/{count} of {printable_path(out_dir)} is running in another "
-                    "process; wait for it to end.") from None
+            lock_or_refuse(descriptor, f"shard {index}/{count} of {printable_path(out_dir)} is "
+                           "running in another process; wait for it to end.")
         yield
 
 

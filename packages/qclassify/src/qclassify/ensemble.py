@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from qclassify.inference import load_run
 from qclassify.metrics import youden_threshold
 from qclassify.options import OptionError
 from qclassify.runfolder import ENSEMBLE_KEY, RUN_FILES, RunFolder, check_separate, member_name
-from qclassify.train import EpochRecord, FitResult, check_decision_rule, fit
+from qclassify.train import EpochRecord, FitResult, check_decision_rule, fit, prepare_run_dir
 
 __all__ = ["EnsembleFitResult", "ensemble_is_complete", "fit_or_reuse_seeds", "fit_seeds"]
 
@@ -84,7 +83,7 @@ def fit_seeds(
         _check_resumable(RunFolder(run_dir), first, seeds, data_dir, dataset.samples, overwrite)
         staged = RunFolder(run_dir)
     else:
-        staged = RunFolder(_prepare_ensemble_dir(run_dir, overwrite))
+        staged = RunFolder(prepare_run_dir(run_dir, overwrite, _STAGING_PREFIX))
         staged.write_split(dataset.samples)
         staged.write_config({"options": dataclasses.asdict(first), "data_dir": str(data_dir),
                              ENSEMBLE_KEY: _ensemble_record(seeds, complete=False)})
@@ -178,25 +177,6 @@ def _check_resumable(folder: RunFolder, config: TrainConfig, seeds: list[int], d
                           f"{folder.split_file} records; the run cannot be resumed")
     if ensemble_is_complete(folder.path, config, seeds, data_dir):
         raise OptionError(f"{folder.path} holds a finished run: nothing to resume")
-
-
-def _prepare_ensemble_dir(run_dir: Path, overwrite: bool) -> Path:
-    """`run_dir` itself when it holds no run, else (with `overwrite`) a new hidden staging
-    folder inside it; stale staging folders of an interrupted overwrite are removed."""
-    folder = RunFolder(run_dir)
-    if (folder.existing_files() or folder.member_folders()) and not overwrite:
-        state = "a finished" if (folder.is_finished_ensemble() or folder.model_file.is_file()) else "an unfinished"
-        raise OptionError(f"{run_dir} already holds {state} run; pass --overwrite"
-                          + ("" if state == "a finished" else " (or --resume to continue it)")
-                          + " or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(f"{_STAGING_PREFIX}*"):
-        shutil.rmtree(stale)
-    if not (folder.existing_files() or folder.member_folders()):
-        return run_dir
-    staging = run_dir / f"{_STAGING_PREFIX}{secrets.token_hex(4)}"
-    staging.mkdir()
-    return staging
 
 
 def _replace_ensemble(staging: Path, run_dir: Path) -> None:

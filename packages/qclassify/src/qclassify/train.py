@@ -178,7 +178,7 @@ def fit(
     if resume or not ranks.is_main:
         staging, staged = run_dir, RunFolder(run_dir)
     else:
-        staging = _prepare_run_dir(run_dir, overwrite)
+        staging = prepare_run_dir(run_dir, overwrite)
         staged = RunFolder(staging)
         staged.write_config(info)
         staged.write_split(dataset.samples)
@@ -454,24 +454,27 @@ def _check_resumable(run_dir: Path, config: TrainConfig, data_dir: Path, dataset
                           f"{folder.split_file} records; the run cannot be resumed")
 
 
-def _prepare_run_dir(run_dir: Path, overwrite: bool) -> Path:
-    """The folder to write the new run into: `run_dir` itself when it holds no run, else (with
-    `overwrite`) a new hidden staging folder inside it that `_replace_run` moves in at the end.
-    Staging folders that an interrupted earlier overwrite left behind are removed."""
-    existing = RunFolder(run_dir).existing_files()
-    if existing and not overwrite:
-        state = "a finished" if (run_dir / MODEL_FILE).exists() else "an unfinished"
+def prepare_run_dir(run_dir: Path, overwrite: bool, staging_prefix: str = _STAGING_PREFIX) -> Path:
+    """The folder to write a new run (or seed ensemble) into: `run_dir` itself when it holds
+    no run, else (with `overwrite`) a new hidden staging folder inside it, named
+    `staging_prefix` + random hex, that the caller moves in at the end. Staging folders that
+    an interrupted earlier overwrite left behind are removed."""
+    folder = RunFolder(run_dir)
+    occupied = bool(folder.existing_files() or folder.member_folders())
+    if occupied and not overwrite:
+        finished = folder.model_file.is_file() or folder.is_finished_ensemble()
+        state = "a finished" if finished else "an unfinished"
         raise OptionError(
             f"{run_dir} already holds {state} run; pass --overwrite"
-            + ("" if state == "a finished" else " (or --resume to continue it)")
+            + ("" if finished else " (or --resume to continue it)")
             + " or choose another --out"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(f"{_STAGING_PREFIX}*"):
+    for stale in run_dir.glob(f"{staging_prefix}*"):
         shutil.rmtree(stale)
-    if not existing:
+    if not occupied:
         return run_dir
-    staging = run_dir / f"{_STAGING_PREFIX}{secrets.token_hex(4)}"
+    staging = run_dir / f"{staging_prefix}{secrets.token_hex(4)}"
     staging.mkdir()
     return staging
 
