@@ -466,9 +466,9 @@ def _fit_ensemble(data: Path, run_dir: Path, config: TrainConfig, seeds: list[in
     with _one_line_errors():
         config.validate()
         resolved = config.resolved()
-        click.echo(config.recipe_summary())
         result = fit_seeds(data, run_dir, config, seeds, progress=not quiet,
-                           overwrite=overwrite, resume=resume, on_epoch=log_epoch)
+                           overwrite=overwrite, resume=resume, on_epoch=log_epoch,
+                           on_start=lambda: click.echo(config.recipe_summary()))
     click.echo(f"run folder: {run_dir}")
     reused = f"; already finished: {_seed_list(result.skipped)}" if result.skipped else ""
     click.echo(f"seed ensemble of {len(seeds)}: trained {_seed_list(result.trained)}{reused}")

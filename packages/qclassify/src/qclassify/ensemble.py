@@ -55,13 +55,15 @@ def fit_seeds(
     overwrite: bool = False,
     resume: bool = False,
     on_epoch: Callable[[int, EpochRecord], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> EnsembleFitResult:
     """Train one member per seed into ``run_dir/seed-<k>/`` with `qclassify.train.fit`.
 
     ``config.seed`` is ignored: member k uses seed k, and all share the split of the first
     seed. `resume` skips finished members, resumes an interrupted one and trains the rest;
     `overwrite` trains the whole ensemble in a hidden folder and swaps it in at the end.
-    `on_epoch` is called with the member's seed and each epoch's record.
+    `on_epoch` is called with the member's seed and each epoch's record; `on_start` once,
+    as `fit` calls it, for the first member that is trained.
 
     Raises:
         OptionError: no seeds, an occupied folder (without `overwrite`/`resume`), or a folder
@@ -96,7 +98,8 @@ def fit_seeds(
         interrupted = member.training_state_file.is_file()
         trained[seed] = fit(data_dir, member.path, member_config, progress=progress,
                             overwrite=not interrupted, resume=interrupted,
-                            split_seed=seeds[0], on_epoch=_for_member(on_epoch, seed))
+                            split_seed=seeds[0], on_epoch=_for_member(on_epoch, seed),
+                            on_start=None if trained else on_start)
     threshold = _finish(staged, seeds, config)
     _replace_ensemble(staged.path, run_dir)
     return EnsembleFitResult(run_dir, seeds, trained, skipped, threshold)
