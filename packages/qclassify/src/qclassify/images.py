@@ -19,6 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
+from torchvision.transforms.v2.functional import resize_image
 from tqdm.auto import tqdm
 
 from qclassify.medical import ImageRef, is_medical, read_medical
@@ -33,7 +34,10 @@ __all__ = [
     "find_unreadable",
     "list_images",
     "make_preprocess",
+    "normalise_batch",
     "read_image",
+    "read_resized",
+    "unreadable_reason",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -131,6 +135,28 @@ def _resize(image_size: int) -> v2.Resize:
     return v2.Resize((image_size, image_size), antialias=True)
 
 
+def read_resized(ref: ImageRef, image_size: int, *,
+                 window: tuple[float, float] | None = None) -> torch.Tensor:
+    """One sample read (`read_image`) and resized to a square, (C, S, S): `make_preprocess`'s
+    resize as one call of its kernel, without the per-image overhead of a transform object.
+
+    Raises:
+        ValueError: see `read_image`.
+    """
+    image = read_image(ref.path, frame=ref.frame, window=window)
+    return resize_image(image, [image_size, image_size], antialias=True)
+
+
+def normalise_batch(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Resized images (C, S, S), C = 1 or 3, as one network input (B, 3, S, S): grayscale
+    repeated to three channels and the ImageNet statistics applied to the whole batch at once,
+    the same float32 operations `make_preprocess` applies image by image."""
+    batch = torch.stack([image.expand(3, -1, -1) for image in images])
+    mean = torch.tensor(IMAGENET_MEAN, dtype=batch.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=batch.dtype).view(1, 3, 1, 1)
+    return batch.sub_(mean).div_(std)
+
+
 def _after_resize(*, augment: bool) -> v2.Compose:
     """`make_preprocess` after its resize: what is applied to a cached resized image."""
     steps: list[v2.Transform] = []
@@ -189,8 +215,14 @@ def _unreadable_reason(path: str | Path) -> str | None:
     try:
         read_image(path)
     except ValueError as err:
-        return str(err.__cause__ or err)
+        return unreadable_reason(err)
     return None
+
+
+def unreadable_reason(err: ValueError) -> str:
+    """Why a file could not be read, from `read_image`'s error: the decoder's own message
+    (the file is named beside it by whoever reports it)."""
+    return str(err.__cause__ or err)
 
 
 class ImageDataset(Dataset):
