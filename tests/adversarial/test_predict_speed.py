@@ -228,3 +228,21 @@ def test_batch_preprocessing_equals_the_per_image_transforms(tmp_path):
         assert batch.shape == expected.shape and batch.dtype == torch.float32
         np.testing.assert_allclose(batch.numpy(), expected.numpy(),
                                    atol=PREPROCESS_TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize(("dtype", "mode_shape"), [(np.uint8, (16, 16)), (np.uint8, (16, 16, 3)),
+                                                   (np.uint16, (256, 256))])
+def test_pixel_tables_give_the_float64_formulas_values(tmp_path, dtype, mode_shape):
+    """Failure: 8- and 16-bit pixels are now scaled by table look-up (decoding is on
+    prediction's critical path); every possible value must read exactly as the float64
+    formula v / (2**bits - 1) rounded to float32 did, or training numerics would change."""
+    from qclassify.images import read_image
+
+    values = np.arange(np.iinfo(dtype).max + 1)
+    pixels = np.resize(values, mode_shape).astype(dtype)
+    path = tmp_path / "all-values.png"
+    Image.fromarray(pixels).save(path)
+    expected = (pixels.astype(np.float64) / np.iinfo(dtype).max).astype(np.float32)
+    image = read_image(path)
+    expected = expected if expected.ndim == 2 else expected.transpose(2, 0, 1)
+    np.testing.assert_array_equal(image.numpy().squeeze(), expected)

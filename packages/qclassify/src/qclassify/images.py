@@ -59,16 +59,33 @@ _GRAYSCALE_MODES = ("1", "L", "LA", "La")
 def _pixels(image: Image.Image) -> np.ndarray:
     """Pixel intensities in [0, 1] as float32, shape (H, W) or (H, W, 3)."""
     if image.mode in _SIXTEEN_BIT_MODES:
-        values = np.asarray(image, dtype=np.float64) / _SIXTEEN_BIT_MAX
-    elif image.mode == "F":
+        return _unit(np.asarray(image), _SIXTEEN_BIT_MAX)
+    if image.mode == "F":
         # Float images carry no full scale of their own; read them as intensities in [0, 1].
-        values = np.asarray(image, dtype=np.float64)
-    elif image.mode in _GRAYSCALE_MODES:
-        values = np.asarray(image.convert("L"), dtype=np.float64) / _EIGHT_BIT_MAX
-    else:
-        # RGB, RGBA (alpha dropped), P/PA (palette expanded), CMYK, YCbCr, ...
-        values = np.asarray(image.convert("RGB"), dtype=np.float64) / _EIGHT_BIT_MAX
-    return np.clip(values, 0.0, 1.0).astype(np.float32)
+        return _unit(np.asarray(image), 1.0)
+    if image.mode in _GRAYSCALE_MODES:
+        return _unit(np.asarray(image.convert("L")), _EIGHT_BIT_MAX)
+    # RGB, RGBA (alpha dropped), P/PA (palette expanded), CMYK, YCbCr, ...
+    return _unit(np.asarray(image.convert("RGB")), _EIGHT_BIT_MAX)
+
+
+def _unit(raw: np.ndarray, full_scale: float) -> np.ndarray:
+    """``raw / full_scale`` in float64, clipped to [0, 1], as float32. Unsigned 8- and 16-bit
+    pixels at their own full scale are looked up in a table of exactly those values instead:
+    the same numbers, several times faster than the float64 pass over every pixel."""
+    table = _UNIT_TABLES.get((raw.dtype.kind, raw.dtype.itemsize, full_scale))
+    if table is not None:
+        return table[raw]
+    return np.clip(raw.astype(np.float64) / full_scale, 0.0, 1.0).astype(np.float32)
+
+
+def _unit_table(bits: int) -> np.ndarray:
+    full_scale = 2.0**bits - 1
+    return np.clip(np.arange(2**bits, dtype=np.float64) / full_scale, 0.0, 1.0).astype(np.float32)
+
+
+# (dtype kind, bytes per value, full scale) -> the float32 intensity of every value.
+_UNIT_TABLES = {("u", 1, _EIGHT_BIT_MAX): _unit_table(8), ("u", 2, _SIXTEEN_BIT_MAX): _unit_table(16)}
 
 
 def read_image(path: str | Path, *, frame: int | None = None,
