@@ -246,3 +246,28 @@ def test_pixel_tables_give_the_float64_formulas_values(tmp_path, dtype, mode_sha
     image = read_image(path)
     expected = expected if expected.ndim == 2 else expected.transpose(2, 0, 1)
     np.testing.assert_array_equal(image.numpy().squeeze(), expected)
+
+
+def test_listing_walks_folders_as_rglob_did(tmp_path):
+    """Failure: the faster listing (one scandir per folder instead of a stat per file) must
+    list what `rglob` + `is_file` listed: nested images, links to files, no dot-entries, no
+    files behind a link to a folder (which could loop), and only the folder's own files
+    without `recursive`."""
+    from qclassify.images import list_images
+
+    root = tmp_path / "images"
+    for relative in ("a.png", "sub/b.PNG", "sub/deep/c.jpg", ".hidden/d.png", "sub/.e.png",
+                     "sub/notes.txt", "outside/f.png"):
+        target = root / relative if not relative.startswith("outside") else tmp_path / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"not decoded by listing")
+    (root / "link.png").symlink_to(root / "a.png")
+    (root / "linked-folder").symlink_to(tmp_path / "outside")
+    (root / "dir.png").mkdir()
+    oracle = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in
+                    (".png", ".jpg") and not any(part.startswith(".")
+                                                 for part in p.relative_to(root).parts))
+    assert list_images(root, recursive=True) == oracle
+    assert [p.relative_to(root).as_posix() for p in oracle] == [
+        "a.png", "link.png", "sub/b.PNG", "sub/deep/c.jpg"]
+    assert list_images(root) == [root / "a.png", root / "link.png"]

@@ -8,9 +8,10 @@ bit depth (8-bit / 255, 16-bit / 65535) before anything else happens. DICOM and 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -195,15 +196,23 @@ def list_images(folder: str | Path, *, recursive: bool = False) -> list[Path]:
     discovery, which is diffaug's, so ``qclassify compare --augmented`` sees the files that
     ``diffaug balance`` used. `recursive` searches every sub-folder (``qclassify predict``).
     """
-    folder = Path(folder)
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
-        path
-        for path in candidates
-        if path.is_file()
-        and (path.suffix.lower() in IMAGE_EXTENSIONS or is_medical(path))
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
+    return sorted(path for path in _visible_files(Path(folder), recursive=recursive)
+                  if path.suffix.lower() in IMAGE_EXTENSIONS or is_medical(path))
+
+
+def _visible_files(folder: Path, *, recursive: bool) -> Iterator[Path]:
+    """Files (or links to files) in `folder` whose names do not start with a dot, and with
+    `recursive` those of its sub-folders that are not dot-folders, as `Path.rglob` walks
+    them: links to folders are not followed, unreadable sub-folders are passed over.
+    `os.scandir` knows each entry's type from the listing, so no file is stat'ed."""
+    with os.scandir(folder) as entries:
+        visible = [entry for entry in entries if not entry.name.startswith(".")]
+    for entry in visible:
+        if entry.is_file():
+            yield Path(entry.path)
+        elif recursive and entry.is_dir(follow_symlinks=False):
+            with contextlib.suppress(PermissionError):
+                yield from _visible_files(Path(entry.path), recursive=True)
 
 
 def find_unreadable(paths: Sequence[str | Path], *, progress: bool = False) -> dict[str, str]:
