@@ -28,6 +28,7 @@ from qclassify.config import TrainConfig  # noqa: E402
 from qclassify.ensemble_run import predict_any  # noqa: E402
 from qclassify.images import ImageDataset, ImageRef, normalise_batch, read_resized  # noqa: E402
 from qclassify.inference import predict_paths  # noqa: E402
+from qclassify.runfolder import RunFolder  # noqa: E402
 from qclassify.train import fit  # noqa: E402
 
 TOLERANCE = 1e-5  # float32 graph against the float32 torch forward, float64 softmax
@@ -125,13 +126,27 @@ def _refuse_to_build(*args, **kwargs):
 
 def test_warm_cache_never_builds_the_torch_model(run_copy, trained, monkeypatch):
     """Failure: predict --engine onnxruntime rebuilt the torch model from model.pt (~0.3 s)
-    although the cached export was run instead. With a loadable export for model.pt's hash,
-    building it now fails the test; the rows are those of the torch engine."""
+    and unpickled all its weights (~50 ms) although the cached export was run instead. With
+    a loadable export for model.pt's hash, building the model or reading the whole
+    checkpoint now fails the test; the rows are those of the torch engine."""
     images = sorted(trained[1].rglob("*.png"))
     expected = _proba(predict_paths(run_copy, images, device="cpu", engine="torch"))
     monkeypatch.setattr(qclassify.inference, "_rebuild_model", _refuse_to_build)
+    monkeypatch.setattr(RunFolder, "read_checkpoint", _refuse_to_build)
     rows = predict_paths(run_copy, images, device="cpu", engine="onnxruntime")
     np.testing.assert_allclose(_proba(rows), expected, atol=TOLERANCE, rtol=0)
+
+
+def test_changed_checkpoint_settings_are_never_read_from_the_cache(run_copy, trained):
+    """Attack: model.pt replaced by one with other class names while RUN/.cache holds the
+    old checkpoint's settings; they are keyed by model.pt's sha256, so the new names are
+    printed (and the new model exported and run)."""
+    checkpoint = torch.load(run_copy / "model.pt", weights_only=True)
+    checkpoint["class_names"] = ["healthy", "stenosis"]
+    torch.save(checkpoint, run_copy / "model.pt")
+    images = sorted(trained[1].rglob("*.png"))[:2]
+    rows = predict_paths(run_copy, images, device="cpu", engine="onnxruntime")
+    assert list(rows[0]) == ["path", "predicted_class", "p_healthy", "p_stenosis"]
 
 
 def test_cold_cache_still_builds_and_exports(run_copy, trained):

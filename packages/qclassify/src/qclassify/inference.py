@@ -29,8 +29,8 @@ from qclassify.runtime import choose_engine
 __all__ = ["Evaluation", "LoadedRun", "check_positive", "evaluate_run", "evaluate_test_split",
            "load_run", "predict_files", "predict_paths", "predict_proba", "save_evaluation"]
 
-_CHECKPOINT_KEYS = ("model", "class_names", "n_qubits", "n_layers", "q_backend", "image_size",
-                    "state_dict")
+# What a checkpoint says besides its weights (``state_dict``).
+_SETTINGS_KEYS = ("model", "class_names", "n_qubits", "n_layers", "q_backend", "image_size")
 
 
 @dataclass
@@ -48,21 +48,21 @@ class LoadedRun:
     config: dict  # config.json; empty when the folder has none
     frames: str = "middle"  # DICOM/NIfTI frames: the training run's choice unless overridden
     window: tuple[float, float] | None = None
-    # model.pt's contents until `model` is first used (`load_run(build_model=False)`).
-    _checkpoint: dict = field(default_factory=dict, repr=False)
-    _model: nn.Module | None = field(default=None, repr=False)
+    # model.pt's entries but its weights (with the q_backend asked for), which build `model`.
+    _settings: dict = field(default_factory=dict, repr=False)
+    _model: nn.Module | None = field(default=None, repr=False)  # None: not built yet
 
     @property
     def model(self) -> nn.Module:
-        """The model, built from the checkpoint at first use.
+        """The model; built from model.pt at first use when `load_run` did not build it.
 
         Raises:
             ValueError: the checkpoint's settings or weights are unusable (naming model.pt).
         """
         if self._model is None:
-            model_path = RunFolder(self.run_dir).model_file
-            self._model = _rebuild_model(model_path, self._checkpoint).to(self.device).eval()
-            self._checkpoint = {}  # the weights now live in the model
+            folder = RunFolder(self.run_dir)
+            weights = _weights(folder.model_file, folder.read_checkpoint())
+            self._model = _rebuild_model(folder.model_file, self._settings, weights, self.device)
         return self._model
 
     def proba(
@@ -123,60 +123,97 @@ def load_run(run_dir: str | Path, *, device: str = "auto", q_backend: str | None
             f"{run_dir} holds no {MODEL_FILE}: train it with `qclassify fit` (or let the "
             "training finish) first"
         )
-    checkpoint = folder.read_checkpoint()
-    if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in _CHECKPOINT_KEYS):
+    resolved = resolve_device(device)
+    model = None  # built at first use
+    if build_model:
+        checkpoint = folder.read_checkpoint()
+        settings = _checked_settings(model_path, checkpoint, q_backend)
+        model = _rebuild_model(model_path, settings, _weights(model_path, checkpoint), resolved)
+    else:
+        settings = _checked_settings(model_path, folder.read_checkpoint_settings(), q_backend)
+    config = folder.read_config()
+    options = config.get("options", {})
+    window = options.get("window")
+    return LoadedRun(
+        run_dir=run_dir,
+        model_name=settings["model"],
+        class_names=settings["class_names"],
+        image_size=int(settings["image_size"]),
+        positive_class=settings.get("positive_class"),
+        decision_threshold=settings.get("decision_threshold"),
+        decision_rule_note=settings.get("decision_rule_note"),
+        device=resolved,
+        config=config,
+        frames=options.get("frames", "middle"),
+        window=None if window is None else (float(window[0]), float(window[1])),
+        _settings=settings,
+        _model=model,
+    )
+
+
+def _checked_settings(model_path: Path, checkpoint: object, q_backend: str | None) -> dict:
+    """A copy of a checkpoint's entries but its weights (`q_backend` replacing its own),
+    once they describe a model that `fit` could have trained."""
+    if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in _SETTINGS_KEYS):
         raise ValueError(f"{model_path} is not a qclassify checkpoint (written by `qclassify fit`)")
     class_names = checkpoint["class_names"]
     if not (isinstance(class_names, list) and all(isinstance(n, str) for n in class_names)):
         raise ValueError(f"{model_path} is not a usable qclassify checkpoint: its class_names "
                          "are not a list of names")
+    settings = {key: value for key, value in checkpoint.items() if key != "state_dict"}
     if q_backend is not None:
-        checkpoint = {**checkpoint, "q_backend": q_backend}
-    config = folder.read_config()
-    options = config.get("options", {})
-    window = options.get("window")
-    run = LoadedRun(
-        run_dir=run_dir,
-        model_name=checkpoint["model"],
-        class_names=class_names,
-        image_size=int(checkpoint["image_size"]),
-        positive_class=checkpoint.get("positive_class"),
-        decision_threshold=checkpoint.get("decision_threshold"),
-        decision_rule_note=checkpoint.get("decision_rule_note"),
-        device=resolve_device(device),
-        config=config,
-        frames=options.get("frames", "middle"),
-        window=None if window is None else (float(window[0]), float(window[1])),
-        _checkpoint=checkpoint,
-    )
-    if build_model:
-        run.model  # noqa: B018 - built now, so that an unusable checkpoint is refused here
-    return run
+        settings["q_backend"] = q_backend
+    _train_config(model_path, settings)
+    return settings
 
 
-def _rebuild_model(model_path: Path, checkpoint: dict) -> nn.Module:
-    """The checkpoint's model with its weights. Its settings pass `fit`'s own option checks
-    before anything is built, so a crafted file gives an error naming it, not an allocator
-    failure."""
-    # Checkpoints written before the device was an option used PennyLane's default.qubit.
-    q_device = checkpoint.get("q_device", DEFAULT_Q_DEVICE)
-    # Checkpoints written before --stem existed used the standard stem.
-    settings = TrainConfig(model=checkpoint["model"], qubits=checkpoint["n_qubits"],
-                           qlayers=checkpoint["n_layers"], q_backend=checkpoint["q_backend"],
-                           q_device=q_device, image_size=checkpoint["image_size"],
-                           stem=checkpoint.get("stem", "standard"))
+def _weights(model_path: Path, checkpoint: object) -> dict:
+    """A checkpoint's ``state_dict``."""
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{model_path} is not a qclassify checkpoint (written by `qclassify fit`)")
+    return checkpoint["state_dict"]
+
+
+def _rebuild_model(model_path: Path, settings: dict, weights: dict,
+                   device: torch.device) -> nn.Module:
+    """The checkpoint's model with its weights, in eval mode on `device`.
+
+    Raises:
+        ValueError: settings or weights that make no model of this kind, naming the file.
+    """
+    config = _train_config(model_path, settings)
     try:
-        settings.validate()
-        model = build_model(settings.model, len(checkpoint["class_names"]), weights="none",
-                            n_qubits=settings.qubits, n_layers=settings.qlayers,
-                            q_backend=settings.q_backend, q_device=settings.q_device,
-                            stem=settings.stem)
-        model.load_state_dict(checkpoint["state_dict"])
+        model = build_model(config.model, len(settings["class_names"]), weights="none",
+                            n_qubits=config.qubits, n_layers=config.qlayers,
+                            q_backend=config.q_backend, q_device=config.q_device,
+                            stem=config.stem)
+        model.load_state_dict(weights)
     except (ValueError, TypeError, RuntimeError, MemoryError) as err:
-        # load_state_dict lists every mismatched tensor: its first line says enough.
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"{model_path} is not a usable qclassify checkpoint: {reason}") from err
-    return model
+        raise _unusable(model_path, err) from err
+    return model.to(device).eval()
+
+
+def _train_config(model_path: Path, settings: dict) -> TrainConfig:
+    """A checkpoint's model settings, through `fit`'s own option checks: a crafted file gives
+    an error naming it before anything is built, not an allocator failure."""
+    # Checkpoints written before the device was an option used PennyLane's default.qubit;
+    # those written before --stem existed used the standard stem.
+    config = TrainConfig(model=settings["model"], qubits=settings["n_qubits"],
+                         qlayers=settings["n_layers"], q_backend=settings["q_backend"],
+                         q_device=settings.get("q_device", DEFAULT_Q_DEVICE),
+                         image_size=settings["image_size"],
+                         stem=settings.get("stem", "standard"))
+    try:
+        config.validate()
+    except (ValueError, TypeError) as err:
+        raise _unusable(model_path, err) from err
+    return config
+
+
+def _unusable(model_path: Path, err: Exception) -> ValueError:
+    # load_state_dict lists every mismatched tensor: its first line says enough.
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return ValueError(f"{model_path} is not a usable qclassify checkpoint: {reason}")
 
 
 @dataclass

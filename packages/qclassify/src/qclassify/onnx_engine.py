@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from torch import nn
 
-from qclassify.runfolder import RunFolder, atomic_write, sha256_of_file
+from qclassify.runfolder import CACHE_FOLDER, RunFolder, atomic_write, sha256_of_file
 from qclassify.serialise import INPUT_NAME, average_probabilities, onnx_bytes
 
 if TYPE_CHECKING:  # annotations only: onnxruntime is imported where it is used
@@ -40,7 +40,6 @@ class ExportableRun(Protocol):
 
 __all__ = ["CACHE_FOLDER", "CACHE_FORMAT", "OnnxRunner", "cached_model_path"]
 
-CACHE_FOLDER = ".cache"  # a dot-folder: never listed as data, never a run file
 CACHE_FORMAT = "1"  # bump when the exported graph changes, so older caches are not used
 
 
