@@ -22,7 +22,12 @@ from qclassify.metrics import evaluate_predictions, predict_classes
 from qclassify.modelcard import write_model_card
 from qclassify.models import build_model, count_parameters
 from qclassify.options import OptionError
-from qclassify.predict_batches import BatchEngine, TorchEngine, predict_refs
+from qclassify.predict_batches import (
+    BatchEngine,
+    BatchPrediction,
+    TorchEngine,
+    predict_refs,
+)
 from qclassify.runfolder import MODEL_FILE, ROC_FILE, SPLIT_FILE, RunFolder, check_separate
 from qclassify.runtime import choose_engine
 
@@ -425,8 +430,10 @@ def predict_files(
     seed ensemble). Each image is decoded once, by the prediction itself
     (`qclassify.predict_batches`): an unreadable one is skipped there, with a warning."""
     refs, unreadable = _sample_refs(_expand(paths), run.frames)
-    prediction = predict_refs(_engine(run, engine), refs, image_size=run.image_size,
-                              window=run.window, batch_size=batch_size, progress=progress)
+    # Without samples, no session is loaded (nor model exported) for nothing.
+    prediction = (predict_refs(_engine(run, engine), refs, image_size=run.image_size,
+                               window=run.window, batch_size=batch_size, progress=progress)
+                  if refs else BatchPrediction())
     unreadable.update(prediction.unreadable)
     for path, reason in unreadable.items():
         warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=2)

@@ -94,8 +94,9 @@ def predict_refs(
     waiting: list[torch.Tensor] = []  # decoded images of the next batch
     rows: list[np.ndarray] = []
     chunks = [refs[start:start + batch_size] for start in range(0, len(refs), batch_size)]
+    # No bar for no samples: tqdm would leave its empty bar's line behind.
     with tqdm(total=len(refs), desc="predict", unit="image", leave=False,
-              disable=not progress) as bar:
+              disable=not (progress and refs)) as bar:
         for chunk, decoded in zip(chunks, _decoded_chunks(chunks, image_size, window),
                                   strict=True):
             for ref, image in zip(chunk, decoded, strict=True):
