@@ -119,7 +119,7 @@ def test_retrained_checkpoint_never_uses_the_old_export(run_copy, trained):
     proba = _proba(run_copy, trained[1], "onnxruntime")
     np.testing.assert_allclose(proba, _proba(run_copy, trained[1], "torch"), atol=TOLERANCE,
                                rtol=0)
-    assert len(list((run_copy / ".cache").iterdir())) == 2
+    assert len(list((run_copy / ".cache").glob("*.onnx"))) == 2
 
 
 def test_read_only_run_folder_still_predicts(run_copy, trained, monkeypatch):
@@ -127,12 +127,14 @@ def test_read_only_run_folder_still_predicts(run_copy, trained, monkeypatch):
     export then runs from memory) instead of failing to write its cache. The write is made
     to fail by the library's own writer (tests may run as root, who writes anywhere)."""
     import qclassify.onnx_engine
+    import qclassify.runfolder
 
     def refuse(path, write):
         raise PermissionError(13, "Permission denied", str(path))
 
     shutil.rmtree(run_copy / ".cache")
     monkeypatch.setattr(qclassify.onnx_engine, "atomic_write", refuse)
+    monkeypatch.setattr(qclassify.runfolder, "atomic_write", refuse)  # the settings memo
     proba = _proba(run_copy, trained[1], "onnxruntime")
     np.testing.assert_allclose(proba, _proba(run_copy, trained[1], "torch"), atol=TOLERANCE,
                                rtol=0)

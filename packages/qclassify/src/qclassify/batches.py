@@ -21,6 +21,7 @@ __all__ = [
     "EVAL_BATCH_SIZE",
     "deterministic_algorithms",
     "make_loader",
+    "mean_probability",
     "predict_dataset_logits",
     "predict_image_logits",
     "predict_logits",
@@ -170,6 +171,12 @@ def probabilities(logits: torch.Tensor) -> np.ndarray:
     """Softmax (eq. 14) in float64: float32 rounding would tie the probabilities of images
     that a barely trained model scores almost alike, and change which threshold is optimal."""
     return torch.softmax(logits.double(), dim=1).numpy()
+
+
+def mean_probability(probabilities: Sequence[np.ndarray]) -> np.ndarray:
+    """A seed ensemble's probabilities: the float64 mean of its members' (N, C) arrays (one
+    member's are returned as they are)."""
+    return np.mean(np.stack([np.asarray(p, dtype=np.float64) for p in probabilities]), axis=0)
 
 
 class _EpochKeySampler(DistributedSampler):

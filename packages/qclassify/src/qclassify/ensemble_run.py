@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
-from qclassify.batches import EVAL_BATCH_SIZE
+from qclassify.batches import EVAL_BATCH_SIZE, mean_probability
 from qclassify.inference import (
     Evaluation,
     LoadedRun,
@@ -31,11 +32,6 @@ from qclassify.stats import summarize_seeds
 
 __all__ = ["EnsembleEvaluation", "EnsembleRun", "evaluate_any", "evaluate_ensemble",
            "load_ensemble", "mean_probability", "members_summary", "predict_any"]
-
-
-def mean_probability(probabilities: Sequence[np.ndarray]) -> np.ndarray:
-    """The ensemble's probabilities: the float64 mean of the members' (N, C) arrays."""
-    return np.mean(np.stack([np.asarray(p, dtype=np.float64) for p in probabilities]), axis=0)
 
 
 @dataclass
@@ -80,6 +76,10 @@ class EnsembleRun:
         return self._first.image_size
 
     @property
+    def device(self) -> torch.device:
+        return self._first.device
+
+    @property
     def models(self) -> list[nn.Module]:
         """The members' models, in seed order (their probabilities are averaged)."""
         return [member.model for member in self.members.values()]
@@ -93,15 +93,6 @@ class EnsembleRun:
     def _first(self) -> LoadedRun:
         return next(iter(self.members.values()))
 
-    def proba(self, paths: Sequence[str | Path], *, batch_size: int = EVAL_BATCH_SIZE,
-              progress: bool = False) -> tuple[np.ndarray, float]:
-        """The ensemble's probabilities (N, C), float64, and the forward seconds of all
-        members together."""
-        outputs = [member.proba(paths, batch_size=batch_size, progress=progress)
-                   for member in self.members.values()]
-        return (mean_probability([proba for proba, _ in outputs]),
-                sum(seconds for _, seconds in outputs))
-
     def predicted_classes(self, proba: np.ndarray) -> np.ndarray:
         """Class indices of ensemble probability rows, by the ensemble's decision rule."""
         positive = (None if self.decision_threshold is None
@@ -109,9 +100,9 @@ class EnsembleRun:
         return predict_classes(proba, positive=positive, threshold=self.decision_threshold)
 
 
-def load_ensemble(run_dir: str | Path, *, device: str = "auto",
-                  q_backend: str | None = None) -> EnsembleRun:
-    """Load every member of a finished seed ensemble.
+def load_ensemble(run_dir: str | Path, *, device: str = "auto", q_backend: str | None = None,
+                  build_model: bool = True) -> EnsembleRun:
+    """Load every member of a finished seed ensemble (`build_model`: see `load_run`).
 
     Raises:
         ValueError: not an ensemble, an unfinished one, or a member that `load_run` refuses.
@@ -120,7 +111,8 @@ def load_ensemble(run_dir: str | Path, *, device: str = "auto",
     if not folder.is_finished_ensemble():
         raise ValueError(f"{folder.path} holds no finished seed ensemble: finish it with "
                          "`qclassify fit ... --seeds ... --resume` first")
-    members = {member.path.name: load_run(member.path, device=device, q_backend=q_backend)
+    members = {member.path.name: load_run(member.path, device=device, q_backend=q_backend,
+                                          build_model=build_model)
                for member in folder.members()}
     return EnsembleRun(folder.path, members, folder.read_config())
 
@@ -225,6 +217,7 @@ def predict_any(run_dir: str | Path, paths: Sequence[str | Path], *, device: str
         return predict_paths(run_dir, paths, device=device, batch_size=batch_size,
                              progress=progress, frames=frames, window=window, engine=engine)
     engine, q_backend = resolve_engine(engine, device)
-    run = load_ensemble(run_dir, device=device, q_backend=q_backend)
+    run = load_ensemble(run_dir, device=device, q_backend=q_backend,
+                        build_model=engine != "onnxruntime")
     run.read_options(frames, window)
     return predict_files(run, paths, batch_size=batch_size, progress=progress, engine=engine)

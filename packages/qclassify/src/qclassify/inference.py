@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,23 +16,26 @@ from qclassify.config import DEFAULT_Q_DEVICE, TrainConfig
 from qclassify.data import frame_samples
 from qclassify.devices import resolve_device
 from qclassify.figures import plot_confusion_matrix, plot_roc
-from qclassify.images import ImageRef, find_unreadable, list_images
+from qclassify.images import ImageRef, list_images, unreadable_reason
 from qclassify.medical import frame_indices, is_medical
 from qclassify.metrics import evaluate_predictions, predict_classes
 from qclassify.modelcard import write_model_card
 from qclassify.models import build_model, count_parameters
 from qclassify.options import OptionError
+from qclassify.predict_batches import (
+    BatchEngine,
+    BatchPrediction,
+    TorchEngine,
+    predict_refs,
+)
 from qclassify.runfolder import MODEL_FILE, ROC_FILE, SPLIT_FILE, RunFolder, check_separate
 from qclassify.runtime import choose_engine
-
-if TYPE_CHECKING:
-    from qclassify.onnx_engine import OnnxRunner
 
 __all__ = ["Evaluation", "LoadedRun", "check_positive", "evaluate_run", "evaluate_test_split",
            "load_run", "predict_files", "predict_paths", "predict_proba", "save_evaluation"]
 
-_CHECKPOINT_KEYS = ("model", "class_names", "n_qubits", "n_layers", "q_backend", "image_size",
-                    "state_dict")
+# What a checkpoint says besides its weights (``state_dict``).
+_SETTINGS_KEYS = ("model", "class_names", "n_qubits", "n_layers", "q_backend", "image_size")
 
 
 @dataclass
@@ -41,7 +43,6 @@ class LoadedRun:
     """A run folder's best model (in eval mode, on `device`) and what describes it."""
 
     run_dir: Path
-    model: nn.Module
     model_name: str
     class_names: list[str]
     image_size: int
@@ -52,6 +53,22 @@ class LoadedRun:
     config: dict  # config.json; empty when the folder has none
     frames: str = "middle"  # DICOM/NIfTI frames: the training run's choice unless overridden
     window: tuple[float, float] | None = None
+    # model.pt's entries but its weights (with the q_backend asked for), which build `model`.
+    _settings: dict = field(default_factory=dict, repr=False)
+    _model: nn.Module | None = field(default=None, repr=False)  # None: not built yet
+
+    @property
+    def model(self) -> nn.Module:
+        """The model; built from model.pt at first use when `load_run` did not build it.
+
+        Raises:
+            ValueError: the checkpoint's settings or weights are unusable (naming model.pt).
+        """
+        if self._model is None:
+            folder = RunFolder(self.run_dir)
+            weights = _weights(folder.model_file, folder.read_checkpoint())
+            self._model = _rebuild_model(folder.model_file, self._settings, weights, self.device)
+        return self._model
 
     def proba(
         self, paths: Sequence[str | Path | ImageRef], *, batch_size: int = EVAL_BATCH_SIZE,
@@ -81,10 +98,14 @@ class LoadedRun:
         return predict_classes(proba, positive=positive, threshold=self.decision_threshold)
 
 
-def load_run(run_dir: str | Path, *, device: str = "auto",
-             q_backend: str | None = None) -> LoadedRun:
+def load_run(run_dir: str | Path, *, device: str = "auto", q_backend: str | None = None,
+             build_model: bool = True) -> LoadedRun:
     """Rebuild the model saved in ``run_dir/model.pt``; no other file is required. How
     DICOM/NIfTI files are read (frames, window) comes from ``config.json``'s options.
+
+    Without `build_model` only the checkpoint's description is checked and the model is built
+    at the first use of ``.model`` (never, by a prediction from a cached ONNX export): its
+    settings and weights are then checked there.
 
     `q_backend` overrides the checkpoint's circuit simulation: both backends share their
     weights (same state-dict key), so ``"torch"`` runs a PennyLane-trained model through the
@@ -107,59 +128,97 @@ def load_run(run_dir: str | Path, *, device: str = "auto",
             f"{run_dir} holds no {MODEL_FILE}: train it with `qclassify fit` (or let the "
             "training finish) first"
         )
-    checkpoint = folder.read_checkpoint()
-    if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in _CHECKPOINT_KEYS):
-        raise ValueError(f"{model_path} is not a qclassify checkpoint (written by `qclassify fit`)")
-    class_names = checkpoint["class_names"]
-    if not (isinstance(class_names, list) and all(isinstance(n, str) for n in class_names)):
-        raise ValueError(f"{model_path} is not a usable qclassify checkpoint: its class_names "
-                         "are not a list of names")
-    if q_backend is not None:
-        checkpoint = {**checkpoint, "q_backend": q_backend}
-    model = _rebuild_model(model_path, checkpoint)
     resolved = resolve_device(device)
+    model = None  # built at first use
+    if build_model:
+        checkpoint = folder.read_checkpoint()
+        settings = _checked_settings(model_path, checkpoint, q_backend)
+        model = _rebuild_model(model_path, settings, _weights(model_path, checkpoint), resolved)
+    else:
+        settings = _checked_settings(model_path, folder.read_checkpoint_settings(), q_backend)
     config = folder.read_config()
     options = config.get("options", {})
     window = options.get("window")
     return LoadedRun(
         run_dir=run_dir,
-        model=model.to(resolved).eval(),
-        model_name=checkpoint["model"],
-        class_names=class_names,
-        image_size=int(checkpoint["image_size"]),
-        positive_class=checkpoint.get("positive_class"),
-        decision_threshold=checkpoint.get("decision_threshold"),
-        decision_rule_note=checkpoint.get("decision_rule_note"),
+        model_name=settings["model"],
+        class_names=settings["class_names"],
+        image_size=int(settings["image_size"]),
+        positive_class=settings.get("positive_class"),
+        decision_threshold=settings.get("decision_threshold"),
+        decision_rule_note=settings.get("decision_rule_note"),
         device=resolved,
         config=config,
         frames=options.get("frames", "middle"),
         window=None if window is None else (float(window[0]), float(window[1])),
+        _settings=settings,
+        _model=model,
     )
 
 
-def _rebuild_model(model_path: Path, checkpoint: dict) -> nn.Module:
-    """The checkpoint's model with its weights. Its settings pass `fit`'s own option checks
-    before anything is built, so a crafted file gives an error naming it, not an allocator
-    failure."""
-    # Checkpoints written before the device was an option used PennyLane's default.qubit.
-    q_device = checkpoint.get("q_device", DEFAULT_Q_DEVICE)
-    # Checkpoints written before --stem existed used the standard stem.
-    settings = TrainConfig(model=checkpoint["model"], qubits=checkpoint["n_qubits"],
-                           qlayers=checkpoint["n_layers"], q_backend=checkpoint["q_backend"],
-                           q_device=q_device, image_size=checkpoint["image_size"],
-                           stem=checkpoint.get("stem", "standard"))
+def _checked_settings(model_path: Path, checkpoint: object, q_backend: str | None) -> dict:
+    """A copy of a checkpoint's entries but its weights (`q_backend` replacing its own),
+    once they describe a model that `fit` could have trained."""
+    if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in _SETTINGS_KEYS):
+        raise ValueError(f"{model_path} is not a qclassify checkpoint (written by `qclassify fit`)")
+    class_names = checkpoint["class_names"]
+    if not (isinstance(class_names, list) and all(isinstance(n, str) for n in class_names)):
+        raise ValueError(f"{model_path} is not a usable qclassify checkpoint: its class_names "
+                         "are not a list of names")
+    settings = {key: value for key, value in checkpoint.items() if key != "state_dict"}
+    if q_backend is not None:
+        settings["q_backend"] = q_backend
+    _train_config(model_path, settings)
+    return settings
+
+
+def _weights(model_path: Path, checkpoint: object) -> dict:
+    """A checkpoint's ``state_dict``."""
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{model_path} is not a qclassify checkpoint (written by `qclassify fit`)")
+    return checkpoint["state_dict"]
+
+
+def _rebuild_model(model_path: Path, settings: dict, weights: dict,
+                   device: torch.device) -> nn.Module:
+    """The checkpoint's model with its weights, in eval mode on `device`.
+
+    Raises:
+        ValueError: settings or weights that make no model of this kind, naming the file.
+    """
+    config = _train_config(model_path, settings)
     try:
-        settings.validate()
-        model = build_model(settings.model, len(checkpoint["class_names"]), weights="none",
-                            n_qubits=settings.qubits, n_layers=settings.qlayers,
-                            q_backend=settings.q_backend, q_device=settings.q_device,
-                            stem=settings.stem)
-        model.load_state_dict(checkpoint["state_dict"])
+        model = build_model(config.model, len(settings["class_names"]), weights="none",
+                            n_qubits=config.qubits, n_layers=config.qlayers,
+                            q_backend=config.q_backend, q_device=config.q_device,
+                            stem=config.stem)
+        model.load_state_dict(weights)
     except (ValueError, TypeError, RuntimeError, MemoryError) as err:
-        # load_state_dict lists every mismatched tensor: its first line says enough.
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"{model_path} is not a usable qclassify checkpoint: {reason}") from err
-    return model
+        raise _unusable(model_path, err) from err
+    return model.to(device).eval()
+
+
+def _train_config(model_path: Path, settings: dict) -> TrainConfig:
+    """A checkpoint's model settings, through `fit`'s own option checks: a crafted file gives
+    an error naming it before anything is built, not an allocator failure."""
+    # Checkpoints written before the device was an option used PennyLane's default.qubit;
+    # those written before --stem existed used the standard stem.
+    config = TrainConfig(model=settings["model"], qubits=settings["n_qubits"],
+                         qlayers=settings["n_layers"], q_backend=settings["q_backend"],
+                         q_device=settings.get("q_device", DEFAULT_Q_DEVICE),
+                         image_size=settings["image_size"],
+                         stem=settings.get("stem", "standard"))
+    try:
+        config.validate()
+    except (ValueError, TypeError) as err:
+        raise _unusable(model_path, err) from err
+    return config
+
+
+def _unusable(model_path: Path, err: Exception) -> ValueError:
+    # load_state_dict lists every mismatched tensor: its first line says enough.
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return ValueError(f"{model_path} is not a usable qclassify checkpoint: {reason}")
 
 
 @dataclass
@@ -342,7 +401,7 @@ def predict_paths(
     ``path, predicted_class, p_<class>...``. Unreadable images are skipped with a warning.
 
     Args:
-        progress: progress bars (tqdm, on stderr) while images are checked and predicted.
+        progress: a progress bar (tqdm, on stderr) while images are predicted.
         engine: ``"torch"``, ``"onnxruntime"`` (CPU; the model exported once into the run
             folder's cache, `qclassify.onnx_engine`) or ``"auto"`` (onnxruntime on a CPU when
             ``qclassify[onnx]`` is installed, else torch; `qclassify.runtime.choose_engine`).
@@ -352,7 +411,8 @@ def predict_paths(
             cannot run on the device. OnnxExtraMissingError: onnxruntime without its extra.
     """
     engine, q_backend = resolve_engine(engine, device)
-    run = load_run(run_dir, device=device, q_backend=q_backend)
+    run = load_run(run_dir, device=device, q_backend=q_backend,
+                   build_model=engine != "onnxruntime")
     run.read_options(frames, window)
     return predict_files(run, paths, batch_size=batch_size, progress=progress, engine=engine)
 
@@ -365,23 +425,25 @@ def predict_files(
     progress: bool = False,
     engine: str = "torch",
 ) -> list[dict[str, str | float]]:
-    """`predict_paths` with a loaded run (or anything with its ``proba``,
-    ``predicted_classes``, ``class_names``, ``frames`` and, for ``engine="onnxruntime"``,
-    ``models``, such as a seed ensemble)."""
-    files = _expand(paths)
-    for path, reason in find_unreadable(files, progress=progress).items():
+    """`predict_paths` with a loaded run (or anything with its ``class_names``, ``frames``,
+    ``window``, ``image_size``, ``predicted_classes``, ``models`` and ``device``, such as a
+    seed ensemble). Each image is decoded once, by the prediction itself
+    (`qclassify.predict_batches`): an unreadable one is skipped there, with a warning."""
+    refs, unreadable = _sample_refs(_expand(paths), run.frames)
+    # Without samples, no session is loaded (nor model exported) for nothing.
+    prediction = (predict_refs(_engine(run, engine), refs, image_size=run.image_size,
+                               window=run.window, batch_size=batch_size, progress=progress)
+                  if refs else BatchPrediction())
+    unreadable.update(prediction.unreadable)
+    for path, reason in unreadable.items():
         warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=2)
-        files.remove(Path(path))
-    if not files:
+    if not prediction.refs:
         raise ValueError(f"no readable images among {', '.join(str(p) for p in paths)}")
-    refs = [ImageRef(path, frame) for path in files
-            for frame in (frame_indices(path, run.frames) if is_medical(path) else [None])]
-    proba, _ = _engine(run, engine).proba(refs, batch_size=batch_size, progress=progress)
-    predicted = run.predicted_classes(proba)
+    predicted = run.predicted_classes(prediction.proba)
     return [
         {"path": sample_name(*ref), "predicted_class": run.class_names[k],
          **_probability_columns(run.class_names, row)}
-        for ref, k, row in zip(refs, predicted, proba, strict=True)
+        for ref, k, row in zip(prediction.refs, predicted, prediction.proba, strict=True)
     ]
 
 
@@ -393,13 +455,27 @@ def resolve_engine(engine: str, device: str) -> tuple[str, str | None]:
     return engine, "torch" if engine == "onnxruntime" else None
 
 
-def _engine(run: LoadedRun, engine: str) -> LoadedRun | OnnxRunner:
-    """What computes the probabilities: the run itself, or its ONNX export."""
+def _engine(run: LoadedRun, engine: str) -> BatchEngine:
+    """What computes the probabilities: the run's models in torch, or their ONNX export."""
     if engine != "onnxruntime":
-        return run
+        return TorchEngine(run.models, run.device)
     from qclassify.onnx_engine import OnnxRunner
 
     return OnnxRunner.for_run(run)
+
+
+def _sample_refs(files: list[Path], frames: str) -> tuple[list[ImageRef], dict[str, str]]:
+    """The samples of `files` (each frame of a DICOM/NIfTI file with ``frames="all"``), and
+    why each file whose frames cannot be listed is left out."""
+    refs, unreadable = [], {}
+    for path in files:
+        try:
+            indices = frame_indices(path, frames) if is_medical(path) else [None]
+        except ValueError as err:
+            unreadable[str(path)] = unreadable_reason(err)
+            continue
+        refs += [ImageRef(path, frame) for frame in indices]
+    return refs, unreadable
 
 
 def _expand(paths: Sequence[str | Path]) -> list[Path]:

@@ -5,26 +5,20 @@
 ``model.pt``, so a retrained model is never run from a stale export and a later call costs a
 session load only. Where the run folder cannot be written the export runs from memory, as
 `diffaug fid` does with its own cache. Images are decoded and preprocessed by the same
-`qclassify.images.ImageDataset` as the torch engine, in the same batches.
+pipeline as the torch engine's (`qclassify.predict_batches`), in the same batches; the models
+are only built (from ``model.pt``) when there is no loadable export to run.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from qclassify.batches import EVAL_BATCH_SIZE
-from qclassify.images import ImageDataset
-from qclassify.runfolder import RunFolder, atomic_write, sha256_of_file
+from qclassify.runfolder import CACHE_FOLDER, RunFolder, atomic_write, sha256_of_file
 from qclassify.serialise import INPUT_NAME, average_probabilities, onnx_bytes
 
 if TYPE_CHECKING:  # annotations only: onnxruntime is imported where it is used
@@ -37,14 +31,15 @@ class ExportableRun(Protocol):
 
     run_dir: Path
     image_size: int
-    window: tuple[float, float] | None
 
     @property
-    def models(self) -> list[nn.Module]: ...
+    def models(self) -> list[nn.Module]:
+        """Built only when the export is missing or unloadable."""
+        ...
+
 
 __all__ = ["CACHE_FOLDER", "CACHE_FORMAT", "OnnxRunner", "cached_model_path"]
 
-CACHE_FOLDER = ".cache"  # a dot-folder: never listed as data, never a run file
 CACHE_FORMAT = "1"  # bump when the exported graph changes, so older caches are not used
 
 
@@ -62,19 +57,18 @@ def cached_model_path(run_dir: str | Path) -> Path:
 
 
 class OnnxRunner:
-    """A run's probabilities from ONNX Runtime on the CPU; `proba` is `LoadedRun.proba`'s."""
+    """A run's probabilities from ONNX Runtime on the CPU, batch by batch
+    (`qclassify.predict_batches.BatchEngine`)."""
 
-    def __init__(self, session: onnxruntime.InferenceSession, image_size: int,
-                 window: tuple[float, float] | None = None) -> None:
+    def __init__(self, session: onnxruntime.InferenceSession, image_size: int) -> None:
         self.session = session
         self.image_size = image_size
-        self.window = window
 
     @classmethod
     def for_run(cls, run: ExportableRun) -> OnnxRunner:
         """The cached export of a loaded run's models (one, or a seed ensemble's members
         averaged in one graph; on the CPU, torch circuit backend); exported (and cached in
-        the run folder) when missing or unloadable."""
+        the run folder) when missing or unloadable, the only case that uses ``run.models``."""
         path = cached_model_path(run.run_dir)
         session = _cached_session(path)
         if session is None:
@@ -85,45 +79,14 @@ class OnnxRunner:
             except OSError:
                 pass  # a read-only run folder: run from memory, export again next time
             session = _session(exported)
-        return cls(session, run.image_size, run.window)
+        return cls(session, run.image_size)
 
-    def proba(
-        self, paths: Sequence[str | Path], *, batch_size: int = EVAL_BATCH_SIZE,
-        progress: bool = False,
-    ) -> tuple[np.ndarray, float]:
-        """Class probabilities (N, C) float64 of image files, and the session's seconds.
-
-        The next batch is decoded in a thread while the session runs the current one: ONNX
-        Runtime releases the GIL, and decoding costs as much as the network at 64 px.
-        """
-        if not paths:
-            raise ValueError("no images to predict")
-        dataset = ImageDataset(paths, None, self.image_size, window=self.window)
-        starts = range(0, len(dataset), batch_size)
-        batches, run_seconds = [], 0.0
-        with ThreadPoolExecutor(max_workers=1) as decoder, \
-                tqdm(total=len(dataset), desc="predict", unit="image", leave=False,
-                     disable=not progress) as bar:
-            pending = decoder.submit(_decode_batch, dataset, starts[0], batch_size)
-            for start in starts:
-                images = pending.result()
-                if start + batch_size < len(dataset):
-                    pending = decoder.submit(_decode_batch, dataset, start + batch_size,
-                                             batch_size)
-                began = time.perf_counter()
-                batches.append(self.session.run(None, {INPUT_NAME: images})[0])
-                run_seconds += time.perf_counter() - began
-                bar.update(len(images))
-        proba = np.concatenate(batches).astype(np.float64)
+    def batch_proba(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (B, C), float64, of normalised images (B, 3, S, S) float32."""
+        proba = self.session.run(None, {INPUT_NAME: images})[0].astype(np.float64)
         # Renormalised in float64 so rows sum to one as tightly as the torch engine's (its
         # softmax runs in float64); the values move by float32 rounding only.
-        return proba / proba.sum(axis=1, keepdims=True), run_seconds
-
-
-def _decode_batch(dataset: ImageDataset, start: int, batch_size: int) -> np.ndarray:
-    """Images ``start`` to ``start + batch_size`` of `dataset`, preprocessed, (B, 3, S, S)."""
-    stop = min(start + batch_size, len(dataset))
-    return torch.stack([dataset[i][0] for i in range(start, stop)]).numpy()
+        return proba / proba.sum(axis=1, keepdims=True)
 
 
 def _session(model: str | bytes) -> onnxruntime.InferenceSession:
