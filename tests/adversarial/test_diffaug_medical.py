@@ -15,31 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from dicom_files import write_dicom
 from diffaug.cli import main
 from diffaug.io import UnreadableImageError
 
 USAGE_ERROR, RUNTIME_ERROR = 2, 1
-
-
-def _write_dicom(path: Path, pixels: np.ndarray, transfer_syntax: str | None = None) -> Path:
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path)])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.set_pixel_data(pixels, "MONOCHROME2", 12, generate_instance_uid=False)
-    if transfer_syntax is not None:  # claims a compression its bytes do not have
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(transfer_syntax)
-        ds.PixelData = encapsulate([b"\0" * 16])
-    ds.save_as(path, enforce_file_format=True, implicit_vr=False, little_endian=True)
-    return path
 
 
 def _dicom_classes(root: Path, counts=(("a", 4), ("b", 2))) -> Path:
@@ -47,7 +27,7 @@ def _dicom_classes(root: Path, counts=(("a", 4), ("b", 2))) -> Path:
         (root / name).mkdir(parents=True)
         for index in range(count):
             pixels = np.full((8, 8), 100 * (index + 1), np.uint16)
-            _write_dicom(root / name / f"{name}{index}.dcm", pixels)
+            write_dicom(root / name / f"{name}{index}.dcm", pixels)
     return root
 
 
@@ -128,11 +108,11 @@ def test_unsupported_transfer_syntax_names_the_plugin(tmp_path):
     from diffaug.medical import read_unit
 
     pixels = np.zeros((8, 8), np.uint16)
-    unknown = _write_dicom(tmp_path / "u.dcm", pixels, transfer_syntax="1.2.3.4")
+    unknown = write_dicom(tmp_path / "u.dcm", pixels, transfer_syntax="1.2.3.4")
     with pytest.raises(UnreadableImageError) as caught:
         read_unit(unknown)
     assert "\n" not in str(caught.value) and "1.2.3.4" in str(caught.value)
-    jpeg_ls = _write_dicom(tmp_path / "ls.dcm", pixels,
+    jpeg_ls = write_dicom(tmp_path / "ls.dcm", pixels,
                            transfer_syntax="1.2.840.10008.1.2.4.80")  # JPEG-LS lossless
     try:
         read_unit(jpeg_ls)
@@ -147,7 +127,7 @@ def test_balance_refuses_a_class_of_only_undecodable_dicoms(tmp_path):
     (exit 2) naming the class folder; nothing written."""
     data = _dicom_classes(tmp_path / "in", counts=(("a", 3),))
     (data / "b").mkdir()
-    _write_dicom(data / "b" / "x.dcm", np.zeros((8, 8), np.uint16), transfer_syntax="1.2.3.4")
+    write_dicom(data / "b" / "x.dcm", np.zeros((8, 8), np.uint16), transfer_syntax="1.2.3.4")
     result = CliRunner().invoke(main, ["balance", str(data), str(tmp_path / "out"),
                                        "--ratio", "1", "--quiet"])
     assert result.exit_code == USAGE_ERROR

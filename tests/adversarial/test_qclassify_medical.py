@@ -17,6 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
+from dicom_files import write_dicom  # noqa: E402
 from qclassify.cli import main  # noqa: E402
 
 TINY = ["--epochs", "1", "--batch-size", "4", "--image-size", "32", "--weights", "none",
@@ -70,20 +71,10 @@ def test_damaged_dicom_is_skipped_by_name(tmp_path):
 def test_predict_rejects_a_missing_frame(tmp_path):
     """Failure mode: a split.csv naming frame 7 of a 1-frame file: the error names the frame,
     not an IndexError traceback."""
-    pydicom = pytest.importorskip("pydicom")
     pytest.importorskip("diffaug.medical")
     import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
     from qclassify.images import read_image
 
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.3", pydicom.uid.generate_uid()
-    ds.set_pixel_data(np.zeros((2, 8, 8), np.uint16), "MONOCHROME2", 12,
-                      generate_instance_uid=False)
-    path = tmp_path / "x.dcm"
-    ds.save_as(path, enforce_file_format=True)
+    path = write_dicom(tmp_path / "x.dcm", np.zeros((2, 8, 8), np.uint16))
     with pytest.raises(ValueError, match=r"x\.dcm.*frame 7 does not exist"):
         read_image(path, frame=7)

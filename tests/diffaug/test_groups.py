@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from dicom_files import write_dicom
 from diffaug import balance_folder
 from diffaug.cli import main
 from diffaug.groups import NAMED_AT_MOST, DicomGroups, GroupsFile, dicom_attribute
@@ -92,26 +93,6 @@ def test_images_without_a_group_are_counted_in_a_warning(tmp_path):
         balance_folder(data, tmp_path / "out", ratio=1, dry_run=True, groups=groups)
 
 
-def write_dicom(path: Path, patient_id: str | None) -> Path:
-    """A tiny DICOM file with `patient_id` (none when None)."""
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = pydicom.Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID, dataset.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    if patient_id is not None:
-        dataset.PatientID = patient_id
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_group_by_reads_patient_id_and_the_check_names_it(tmp_path):
     """--group-by PatientID on DICOM files: the attribute is each image's group, and a patient
     in train and test is named (images as InputFolder.images lists them)."""
@@ -119,7 +100,7 @@ def test_group_by_reads_patient_id_and_the_check_names_it(tmp_path):
               "test": {"a": [Path("test/a/3.dcm")]}}
     for path, patient in zip(("train/a/1.dcm", "train/a/2.dcm", "test/a/3.dcm"),
                              ("P1", "P2", "P1"), strict=True):
-        write_dicom(tmp_path / path, patient)
+        write_dicom(tmp_path / path, patient_id=patient)
     from diffaug.groups import warn_groups_crossing_splits
 
     with pytest.warns(UserWarning, match=r"'P1' \(train/test\)"):
@@ -128,8 +109,8 @@ def test_group_by_reads_patient_id_and_the_check_names_it(tmp_path):
 
 def test_dicom_attribute_none_for_missing_value_or_non_dicom(tmp_path):
     """No PatientID, or not a DICOM file at all: no group (left out of the advisory check)."""
-    assert dicom_attribute(write_dicom(tmp_path / "a.dcm", None), "PatientID") is None
+    assert dicom_attribute(write_dicom(tmp_path / "a.dcm", patient_id=None), "PatientID") is None
     png = tmp_path / "b.png"
     Image.new("L", (4, 4)).save(png)
     assert dicom_attribute(png, "PatientID") is None
-    assert dicom_attribute(write_dicom(tmp_path / "c.dcm", "P9"), "PatientID") == "P9"
+    assert dicom_attribute(write_dicom(tmp_path / "c.dcm", patient_id="P9"), "PatientID") == "P9"

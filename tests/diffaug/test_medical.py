@@ -15,6 +15,7 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 nibabel = pytest.importorskip("nibabel")
 
+from dicom_files import CT_RESCALE, write_dicom  # noqa: E402
 from diffaug import balance_folder  # noqa: E402
 from diffaug.io import read_manifest, sha256_file  # noqa: E402
 from diffaug.medical import (  # noqa: E402
@@ -24,38 +25,10 @@ from diffaug.medical import (  # noqa: E402
     read_stored,
     read_unit,
 )
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.pixels import apply_modality_lut, apply_voi_lut  # noqa: E402
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid  # noqa: E402
+from pydicom.uid import UID, ExplicitVRLittleEndian  # noqa: E402
 
 ATOL = 1e-6  # float32 intensities against the float64 oracle
-CT_SLOPE, CT_INTERCEPT = 1.0, -1024.0
-
-
-def write_dicom(path: Path, pixels: np.ndarray, *, bits_stored: int = 12, signed: bool = False,
-                photometric: str = "MONOCHROME2", window: tuple[float, float] | None = None,
-                rescale: tuple[float, float] | None = None, preamble: bool = True) -> Path:
-    """A small uncompressed DICOM file with ``pixels`` ((H, W) or (F, H, W))."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path)])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series", str(path.parent)])
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=["study"])
-    ds.PatientID = "P1"
-    ds.Modality = "CT"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.set_pixel_data(pixels, photometric, bits_stored, generate_instance_uid=False)
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    if rescale is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = rescale
-    ds.save_as(path, enforce_file_format=preamble)
-    return path
 
 
 def ct_pixels(seed: int = 0, shape: tuple[int, ...] = (16, 16)) -> np.ndarray:
@@ -93,8 +66,7 @@ def test_detection_by_extension_and_preamble(tmp_path):
 def test_ct_window_and_rescale_match_pydicom(tmp_path):
     """Reference implementation: a 12-bit CT-like file with rescale slope/intercept and a window
     reads as pydicom's apply_modality_lut + apply_voi_lut, scaled to [0, 1]."""
-    path = write_dicom(tmp_path / "ct.dcm", ct_pixels(), window=(40.0, 400.0),
-                       rescale=(CT_SLOPE, CT_INTERCEPT))
+    path = write_dicom(tmp_path / "ct.dcm", ct_pixels(), window=(40.0, 400.0), rescale=CT_RESCALE)
     unit = read_unit(path)
     assert unit.dtype == np.float32 and unit.min() >= 0 and unit.max() <= 1
     np.testing.assert_allclose(unit, oracle_unit(path), atol=ATOL)
@@ -102,10 +74,9 @@ def test_ct_window_and_rescale_match_pydicom(tmp_path):
 
 def test_window_override_replaces_the_files_window(tmp_path):
     """Reference implementation: window=(C, W) equals pydicom's windowing with that window."""
-    path = write_dicom(tmp_path / "ct.dcm", ct_pixels(), window=(40.0, 400.0),
-                       rescale=(CT_SLOPE, CT_INTERCEPT))
+    path = write_dicom(tmp_path / "ct.dcm", ct_pixels(), window=(40.0, 400.0), rescale=CT_RESCALE)
     other = write_dicom(tmp_path / "other.dcm", ct_pixels(), window=(300.0, 1500.0),
-                        rescale=(CT_SLOPE, CT_INTERCEPT))
+                        rescale=CT_RESCALE)
     np.testing.assert_allclose(read_unit(path, window=(300.0, 1500.0)), oracle_unit(other),
                                atol=ATOL)
 
@@ -129,8 +100,7 @@ def test_signed_int16_with_window(tmp_path):
     """Reference implementation: signed pixel data through pydicom's LUTs, window range to
     [0, 1] (pydicom's signed output range)."""
     pixels = np.random.default_rng(1).integers(-2000, 2000, (16, 16)).astype(np.int16)
-    path = write_dicom(tmp_path / "s.dcm", pixels, bits_stored=16, signed=True,
-                       window=(0.0, 1000.0))
+    path = write_dicom(tmp_path / "s.dcm", pixels, bits_stored=16, window=(0.0, 1000.0))
     ds = pydicom.dcmread(path)
     expected = (apply_voi_lut(pixels, ds) + 32768.0) / 65535.0
     np.testing.assert_allclose(read_unit(path), expected, atol=ATOL)
@@ -177,7 +147,7 @@ def test_nifti_volume_slices(tmp_path):
 
 def test_read_stored_uses_the_bit_range(tmp_path):
     """Stored values and BitsStored's range are what balance diffuses."""
-    path = write_dicom(tmp_path / "ct.dcm", ct_pixels(), rescale=(CT_SLOPE, CT_INTERCEPT))
+    path = write_dicom(tmp_path / "ct.dcm", ct_pixels(), rescale=CT_RESCALE)
     stored = read_stored(path)
     assert stored.intensity_range == (0.0, 4095.0) and stored.channel_axis is None
 
@@ -185,7 +155,7 @@ def test_read_stored_uses_the_bit_range(tmp_path):
 def _dicom_dataset(root: Path) -> Path:
     def writer(folder: Path, index: int) -> None:
         write_dicom(folder / f"im{index}.dcm", ct_pixels(index), window=(40.0, 400.0),
-                    rescale=(CT_SLOPE, CT_INTERCEPT))
+                    rescale=CT_RESCALE)
     return class_folders(root, writer, {"normal": 6, "rare": 2})
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_files import write_dicom
 from PIL import Image
 from qclassify.data import discover_dataset
 from qclassify.groups import (
@@ -169,36 +170,11 @@ def test_check_groups_within_splits_names_the_count():
                                    {"a": "p1", "b": "p1", "c": "p2", "d": "p2"})
 
 
-def write_dicom(path: Path, patient_id: str | None) -> Path:
-    """A tiny 12-bit DICOM file with `patient_id` (no PatientID attribute when None)."""
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = pydicom.Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID, dataset.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    if patient_id is not None:
-        dataset.PatientID = patient_id
-    dataset.Rows = dataset.Columns = 4
-    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
-    dataset.PixelRepresentation = 0
-    dataset.PixelData = np.arange(16, dtype=np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_group_by_reads_the_dicom_attribute(tmp_path):
     """--group-by PatientID: each DICOM's PatientID is its group, read without pixel data."""
     paths = {f"normal/{i}.dcm": f"PAT{i // 2}" for i in range(4)}
     for relative, patient in paths.items():
-        write_dicom(tmp_path / relative, patient)
+        write_dicom(tmp_path / relative, patient_id=patient)
     assert DicomGroups("PatientID").groups_of(tmp_path, list(paths), set(paths)) == paths
     assert DicomGroups("PatientID").record() == {"group_by": "PatientID"}
 
@@ -206,7 +182,7 @@ def test_group_by_reads_the_dicom_attribute(tmp_path):
 def test_group_by_refuses_missing_attribute_unknown_keyword_and_non_dicom(tmp_path):
     """An image without PatientID, a keyword DICOM does not define and a PNG each give one
     error naming the file or the keyword."""
-    no_patient = write_dicom(tmp_path / "a.dcm", None)
+    no_patient = write_dicom(tmp_path / "a.dcm", patient_id=None)
     with pytest.raises(OptionError, match=r"a\.dcm has no PatientID"):
         dicom_attribute(no_patient, "PatientID")
     with pytest.raises(OptionError, match="'PatientName2' is not a DICOM attribute keyword"):

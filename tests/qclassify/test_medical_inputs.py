@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pydicom = pytest.importorskip("pydicom")
+pytest.importorskip("pydicom")  # the files are written with it
 nibabel = pytest.importorskip("nibabel")
 
 from click.testing import CliRunner  # noqa: E402
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
+from dicom_files import CT_RESCALE, FULL_12_BIT_WINDOW, write_dicom  # noqa: E402
 from qclassify import medical as qmedical  # noqa: E402
 from qclassify.cli import main  # noqa: E402
 from qclassify.data import discover_dataset, group_of  # noqa: E402
@@ -33,23 +32,6 @@ TINY = ["--epochs", "1", "--batch-size", "4", "--image-size", "32", "--weights",
 ATOL = 1e-6
 
 
-def write_dicom(path: Path, pixels: np.ndarray, *, window=(2048.0, 4096.0),
-                preamble: bool = True) -> Path:
-    """A 12-bit DICOM ((H, W) or (F, H, W)) with a window and CT-like rescale."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path)])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.set_pixel_data(pixels, "MONOCHROME2", 12, generate_instance_uid=False)
-    ds.WindowCenter, ds.WindowWidth = window
-    ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
-    ds.save_as(path, enforce_file_format=preamble)
-    return path
-
-
 def dicom_folder(root: Path, *, frames: int = 1, counts=(("a", 6), ("b", 6))) -> Path:
     """Class folders of DICOM files whose brightness depends on the class (learnable)."""
     rng = np.random.default_rng(0)
@@ -59,7 +41,8 @@ def dicom_folder(root: Path, *, frames: int = 1, counts=(("a", 6), ("b", 6))) ->
             shape = (frames, 32, 32) if frames > 1 else (32, 32)
             level = 1000 + 2000 * class_index
             pixels = np.clip(rng.normal(level, 200, shape), 0, 4095).astype(np.uint16)
-            write_dicom(root / name / f"{name}{index}.dcm", pixels)
+            write_dicom(root / name / f"{name}{index}.dcm", pixels, window=FULL_12_BIT_WINDOW,
+                        rescale=CT_RESCALE)
     return root
 
 
@@ -82,7 +65,7 @@ def test_read_image_matches_diffaugs_reader(tmp_path):
     from diffaug.medical import read_unit
 
     pixels = np.random.default_rng(1).integers(0, 4096, (16, 16), dtype=np.uint16)
-    path = write_dicom(tmp_path / "x.dcm", pixels, window=(40.0, 400.0))
+    path = write_dicom(tmp_path / "x.dcm", pixels, window=(40.0, 400.0), rescale=CT_RESCALE)
     tensor = read_image(path)
     assert tensor.shape == (1, 16, 16)
     np.testing.assert_allclose(tensor[0].numpy(), read_unit(path), atol=ATOL)
@@ -94,7 +77,8 @@ def test_discovery_finds_extensionless_dicom_and_nifti(tmp_path):
     """DICOM without an extension (preamble) and NIfTI files are images for discovery."""
     folder = tmp_path / "c"
     folder.mkdir()
-    write_dicom(folder / "IM0001", np.zeros((8, 8), np.uint16))
+    write_dicom(folder / "IM0001", np.zeros((8, 8), np.uint16), window=FULL_12_BIT_WINDOW,
+                rescale=CT_RESCALE)
     nibabel.save(nibabel.Nifti1Image(np.zeros((8, 8, 2), np.int16), np.eye(4)),
                  folder / "v.nii.gz")
     (folder / "notes").write_text("not an image")
