@@ -155,13 +155,33 @@ def test_cli_has_help():
         assert option in result.output
 
 
-def test_learnability_check_runs_on_tiny_data(tmp_path):
-    """Smoke test of tools/demo/check_demo_learnability.py's quick mode (1 epoch, 32 px): it
-    trains, keeps one history row per epoch and scores val and test AUC in [0, 1]."""
+@pytest.mark.parametrize("model", ["small", "qmobilenet"])
+def test_learnability_check_runs_on_tiny_data(tmp_path, model):
+    """Smoke test of tools/demo/check_demo_learnability.py's quick mode (1 epoch, 32 px), with
+    its small CNN and with a qclassify backbone: it trains, keeps one history row per epoch and
+    scores val and test AUC in [0, 1]."""
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     check = pytest.importorskip("check_demo_learnability")
     _make(tmp_path / "demo")
-    result = check.check_learnability(tmp_path / "demo", image_size=32, epochs=1, seed=0)
+    result = check.check_learnability(tmp_path / "demo", image_size=32, epochs=1, seed=0,
+                                      model=model)
     assert [row["epoch"] for row in result["history"]] == [1]
     assert 0.0 <= result["val_auc"] <= 1.0 and 0.0 <= result["test_auc"] <= 1.0
+
+
+def test_learnability_backbone_logit_is_the_two_class_softmax():
+    """--model feeds a qclassify model as qclassify does and trains its logit difference with
+    BCE: the sigmoid of that logit must be the model's own softmax probability of stenosis on
+    qclassify's preprocessing of the same images (three channels, ImageNet normalisation)."""
+    torch = pytest.importorskip("torch")
+    check = pytest.importorskip("check_demo_learnability")
+    from qclassify.images import normalise_batch
+
+    torch.manual_seed(0)
+    network = check.build_network("mobilenet_v2").eval()
+    images = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        oracle = network.model(normalise_batch(list(images))).softmax(dim=1)[:, 1]
+        got = torch.sigmoid(network(images)).squeeze(1)
+    torch.testing.assert_close(got, oracle, atol=1e-6, rtol=0)

@@ -1,13 +1,19 @@
 """Is the demo dataset learnable but not trivial? Train a small CNN, report test AUC.
 
     OMP_NUM_THREADS=2 python tools/demo/check_demo_learnability.py DEMO_DIR [--image-size 96
-        --epochs 40 --seed 0 --threads 2]
+        --epochs 40 --seed 0 --threads 2 --model small]
 
 DEMO_DIR is the output of ``tools/demo/make_demo_data.py``. The goal, "learnable but not
 trivial", is a test AUC in [0.75, 0.98]: a small CNN must find the stenosis often, but not
 always. The network is four conv-BN-ReLU-maxpool blocks and a global max pool (a lesion is one
 local feature anywhere in the frame), trained with Adam on flips/rotations of the train split;
 the epoch with the best validation AUC is scored on test with sklearn's ``roc_auc_score``.
+
+``--model`` swaps the network and keeps everything else (data, augmentation, optimiser, loss,
+epoch selection): ``small`` is the CNN above, any qclassify model name (``qmobilenet``,
+``resnet18``, ...) that model from scratch, fed as qclassify feeds it (grayscale repeated to
+three channels, ImageNet normalisation). So it tells whether a backbone can learn the demo data
+at all, apart from qclassify's training recipes.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ import click
 import numpy as np
 import torch
 from PIL import Image
+from qclassify.options import MODEL_NAMES
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
 CLASSES = ("normal", "stenosis")
+SMALL_CNN = "small"
 
 
 def load_split(data_dir: Path, split: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +56,33 @@ def small_cnn(width: int = 16) -> nn.Module:
     return nn.Sequential(*blocks, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(channels, 1))
 
 
+class TwoClassLogit(nn.Module):
+    """A two-class qclassify model as a one-logit network on (N, 1, S, S) images in [0, 1]:
+    three channels and ImageNet normalisation as qclassify's preprocessing, and the logit
+    difference (stenosis - normal), whose sigmoid is the two-class softmax's probability."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        from qclassify.images import IMAGENET_MEAN, IMAGENET_STD
+
+        self.model = model
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.model((images.expand(-1, 3, -1, -1) - self.mean) / self.std)
+        return (logits[:, 1] - logits[:, 0]).unsqueeze(1)
+
+
+def build_network(model: str) -> nn.Module:
+    """The checker's network: `SMALL_CNN`, or a qclassify model name from scratch."""
+    if model == SMALL_CNN:
+        return small_cnn()
+    from qclassify.models import build_model
+
+    return TwoClassLogit(build_model(model, len(CLASSES), weights="none"))
+
+
 def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A random dihedral transform per image: a stenosis stays a stenosis under all eight."""
     choice = torch.randint(0, 8, (len(batch),), generator=generator)
@@ -65,13 +100,15 @@ def _scores(model: nn.Module, images: torch.Tensor) -> np.ndarray:
     return torch.cat([model(chunk) for chunk in images.split(128)]).squeeze(1).numpy()
 
 
-def check_learnability(data_dir: Path, *, image_size: int, epochs: int, seed: int) -> dict:
-    """Train on train, pick the epoch by val AUC, return {'val_auc', 'test_auc', 'history'}."""
+def check_learnability(data_dir: Path, *, image_size: int, epochs: int, seed: int,
+                       model: str = SMALL_CNN) -> dict:
+    """Train `model` (`build_network`) on train, pick the epoch by val AUC, return
+    {'val_auc', 'test_auc', 'history'}."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
         load_split(data_dir, split, image_size) for split in ("train", "val", "test"))
-    model = small_cnn()
+    model = build_network(model)
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
     # pos_weight balances the 280:102 prior so the minority class is not ignored.
     pos_weight = (y_train == 0).sum() / (y_train == 1).sum()
@@ -102,10 +139,15 @@ def check_learnability(data_dir: Path, *, image_size: int, epochs: int, seed: in
 @click.option("--epochs", default=40, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=2, show_default=True, help="torch CPU threads.")
-def main(data: Path, image_size: int, epochs: int, seed: int, threads: int) -> None:
-    """Train a small CNN on DATA's train split and print val/test AUC."""
+@click.option("--model", "model_name", default=SMALL_CNN, show_default=True,
+              type=click.Choice([SMALL_CNN, *MODEL_NAMES]),
+              help="The network: the small CNN, or a qclassify model from scratch.")
+def main(data: Path, image_size: int, epochs: int, seed: int, threads: int,
+         model_name: str) -> None:
+    """Train a small CNN (or --model) on DATA's train split and print val/test AUC."""
     torch.set_num_threads(threads)
-    result = check_learnability(data, image_size=image_size, epochs=epochs, seed=seed)
+    result = check_learnability(data, image_size=image_size, epochs=epochs, seed=seed,
+                                model=model_name)
     for row in result["history"]:
         click.echo(f"epoch {row['epoch']:2d}  val AUC {row['val_auc']:.3f}  {row['seconds']:.1f}s")
     verdict = "within" if 0.75 <= result["test_auc"] <= 0.98 else "OUTSIDE"
