@@ -58,19 +58,18 @@ def small_cnn(width: int = 16) -> nn.Module:
 
 class TwoClassLogit(nn.Module):
     """A two-class qclassify model as a one-logit network on (N, 1, S, S) images in [0, 1]:
-    three channels and ImageNet normalisation as qclassify's preprocessing, and the logit
-    difference (stenosis - normal), whose sigmoid is the two-class softmax's probability."""
+    qclassify's own batch preprocessing (`qclassify.images.normalise_batch`: three channels,
+    ImageNet normalisation), and the logit difference (stenosis - normal), whose sigmoid is the
+    two-class softmax's probability."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        from qclassify.images import IMAGENET_MEAN, IMAGENET_STD
-
         self.model = model
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.model((images.expand(-1, 3, -1, -1) - self.mean) / self.std)
+        from qclassify.images import normalise_batch
+
+        logits = self.model(normalise_batch(list(images)))
         return (logits[:, 1] - logits[:, 0]).unsqueeze(1)
 
 

@@ -28,7 +28,14 @@ from qclassify.predict_batches import (
     TorchEngine,
     predict_refs,
 )
-from qclassify.runfolder import MODEL_FILE, ROC_FILE, SPLIT_FILE, RunFolder, check_separate
+from qclassify.runfolder import (
+    MODEL_FILE,
+    ROC_FILE,
+    SPLIT_FILE,
+    RunFolder,
+    check_separate,
+    checkpoint_settings,
+)
 from qclassify.runtime import choose_engine
 
 __all__ = ["Evaluation", "LoadedRun", "check_positive", "evaluate_run", "evaluate_test_split",
@@ -165,7 +172,7 @@ def _checked_settings(model_path: Path, checkpoint: object, q_backend: str | Non
     if not (isinstance(class_names, list) and all(isinstance(n, str) for n in class_names)):
         raise ValueError(f"{model_path} is not a usable qclassify checkpoint: its class_names "
                          "are not a list of names")
-    settings = {key: value for key, value in checkpoint.items() if key != "state_dict"}
+    settings = checkpoint_settings(checkpoint)
     if q_backend is not None:
         settings["q_backend"] = q_backend
     _train_config(model_path, settings)

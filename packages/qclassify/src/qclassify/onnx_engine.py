@@ -11,14 +11,13 @@ are only built (from ``model.pt``) when there is no loadable export to run.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from torch import nn
 
-from qclassify.runfolder import CACHE_FOLDER, RunFolder, atomic_write, sha256_of_file
+from qclassify.runfolder import CACHE_FOLDER, RunFolder, atomic_write
 from qclassify.serialise import INPUT_NAME, average_probabilities, onnx_bytes
 
 if TYPE_CHECKING:  # annotations only: onnxruntime is imported where it is used
@@ -44,16 +43,10 @@ CACHE_FORMAT = "1"  # bump when the exported graph changes, so older caches are 
 
 
 def cached_model_path(run_dir: str | Path) -> Path:
-    """``RUN/.cache/model-<16 hex>-f<CACHE_FORMAT>.onnx``, keyed by the sha256 of
-    ``model.pt`` (of each member's, in seed order, for a seed ensemble)."""
+    """``RUN/.cache/model-<key>-f<CACHE_FORMAT>.onnx``, named by `RunFolder.model_key` (the
+    sha256 of ``model.pt``, or of each member's, in seed order, for a seed ensemble)."""
     run_dir = Path(run_dir)
-    folder = RunFolder(run_dir)
-    if folder.model_file.is_file():
-        digest = sha256_of_file(folder.model_file)
-    else:
-        member_digests = "".join(sha256_of_file(m.model_file) for m in folder.members())
-        digest = hashlib.sha256(member_digests.encode("ascii")).hexdigest()
-    return run_dir / CACHE_FOLDER / f"model-{digest[:16]}-f{CACHE_FORMAT}.onnx"
+    return run_dir / CACHE_FOLDER / f"model-{RunFolder(run_dir).model_key()}-f{CACHE_FORMAT}.onnx"
 
 
 class OnnxRunner:

@@ -41,6 +41,7 @@ __all__ = [
     "Sample",
     "atomic_write",
     "check_separate",
+    "checkpoint_settings",
     "member_name",
     "read_csv_rows",
     "read_json",
@@ -81,7 +82,7 @@ FRAME_COLUMN = "frame"
 GROUP_COLUMN = "group"
 _HASH_CHUNK = 2**20
 # Hex digits of a sha256 that name a cached file: 64 bits, no collision among one run's models.
-_DIGEST_CHARS = 16
+_KEY_CHARS = 16
 RUN_FILES = (
     CONFIG_FILE,
     SPLIT_FILE,
@@ -280,27 +281,37 @@ class RunFolder:
     def read_checkpoint(self) -> Any:
         return read_torch(self.model_file)
 
+    def model_key(self) -> str:
+        """What ``.cache/`` files derived from this run's model are named by: the first hex
+        digits of model.pt's sha256 or, for a seed ensemble, of the sha256 of its members'
+        (in seed order). A retrained model.pt gets a new key, so nothing stale is ever read."""
+        if self.model_file.is_file():
+            digest = sha256_of_file(self.model_file)
+        else:
+            members = "".join(sha256_of_file(member.model_file) for member in self.members())
+            digest = hashlib.sha256(members.encode("ascii")).hexdigest()
+        return digest[:_KEY_CHARS]
+
     def read_checkpoint_settings(self) -> dict[str, Any]:
-        """model.pt's entries but its ``state_dict`` (empty when model.pt holds no dict):
-        what describes the model without building it.
+        """model.pt's entries but its ``state_dict`` (`checkpoint_settings`; empty when
+        model.pt holds no dict): what describes the model without building it.
 
         Unpickling the whole checkpoint costs tens of milliseconds (a MobileNetV2's 300
         tensors), more than decoding a hundred small images, so the entries are kept in
-        ``.cache/`` as JSON, keyed by model.pt's sha256, and read from there while model.pt
-        is unchanged. A folder that cannot be written just reads model.pt every time.
+        ``.cache/`` as JSON, named by `model_key`, and read from there while model.pt is
+        unchanged. A folder that cannot be written just reads model.pt every time.
 
         Raises:
             ValueError: model.pt is unreadable or not a torch file, naming it.
         """
-        digest = sha256_of_file(self.model_file)[:_DIGEST_CHARS]
-        memo = self.path / CACHE_FOLDER / _SETTINGS_NAME.format(digest=digest)
+        memo = self.path / CACHE_FOLDER / _SETTINGS_NAME.format(digest=self.model_key())
         if memo.is_file():
             with contextlib.suppress(ValueError):  # a damaged memo: read model.pt again
                 return read_json(memo)
         checkpoint = self.read_checkpoint()
         if not isinstance(checkpoint, dict):
             return {}
-        settings = {key: value for key, value in checkpoint.items() if key != "state_dict"}
+        settings = checkpoint_settings(checkpoint)
         # OSError: a read-only folder; TypeError/ValueError: an entry JSON cannot hold.
         with contextlib.suppress(OSError, TypeError, ValueError):
             memo.parent.mkdir(exist_ok=True)
@@ -344,6 +355,11 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
         temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+def checkpoint_settings(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a model.pt checkpoint's entries but its weights (``state_dict``)."""
+    return {key: value for key, value in checkpoint.items() if key != "state_dict"}
 
 
 def sha256_of_file(path: str | Path) -> str:
