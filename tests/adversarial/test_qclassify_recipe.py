@@ -67,6 +67,7 @@ def tiny_model(monkeypatch):
     (["--monitor", "val_f1"], "--monitor"),
     (["--optimizer", "sgd"], "--optimizer"),
     (["--stem", "tiny"], "--stem"),
+    (["--class-weight", "auto"], "--class-weight"),
 ])
 def test_cli_refuses_impossible_recipe_values(data, tmp_path, args, flag):
     """Bad input: each impossible recipe value (NaN passes click's FloatRange and must be
@@ -84,7 +85,7 @@ def test_cli_refuses_impossible_recipe_values(data, tmp_path, args, flag):
     ({"recipe": "fast"}, "recipe"), ({"warmup_epochs": 1.5}, "warmup_epochs"),
     ({"warmup_epochs": -2}, "warmup_epochs"), ({"label_smoothing": math.nan}, "label_smoothing"),
     ({"optimizer": "sgd"}, "optimizer"), ({"monitor": "loss"}, "monitor"),
-    ({"stem": "cifar"}, "stem"),
+    ({"stem": "cifar"}, "stem"), ({"class_weight": "inverse"}, "class_weight"),
 ])
 def test_library_refuses_impossible_recipe_values(data, tmp_path, change, parameter):
     """Bad input (library callers): OptionError naming the parameter, before any file."""

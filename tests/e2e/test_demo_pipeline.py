@@ -185,3 +185,20 @@ def test_a_failing_step_is_named(tmp_path, monkeypatch):
     assert last.startswith("Error: step 1 (generate the demo data) failed with exit status")
     assert "Traceback" not in result.output
     assert not (tmp_path / "demo" / "balanced").exists()
+
+
+def test_default_runs_are_the_papers_seven_but_vgg16(tmp_path):
+    """Oracle: qclassify's own run parser. The demo's default --models selects the paper's
+    runs (compare's DEFAULT_RUNS) without VGG-16, in table order; `--models all` passes no
+    --models, so compare makes all seven."""
+    from qclassify.compare import DEFAULT_RUNS, select_runs
+
+    def compare_models(options):
+        argv = run_demo.compare_step(options).shown
+        return argv[argv.index("--models") + 1].split(",") if "--models" in argv else None
+
+    default = compare_models(run_demo.DemoOptions(out=tmp_path))
+    runs, skipped = select_runs(default, has_augmented=True)
+    assert runs == [spec for spec in DEFAULT_RUNS if spec.model != "vgg16"] and not skipped
+    assert compare_models(run_demo.DemoOptions(out=tmp_path, models=("all",))) is None
+    assert select_runs(None, has_augmented=True)[0] == list(DEFAULT_RUNS)

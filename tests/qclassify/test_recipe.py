@@ -237,6 +237,77 @@ def test_fit_passes_label_smoothing(image_folder, tmp_path, tiny_model, recorded
     assert options["label_smoothing"] == 0.2
 
 
+def test_balanced_class_weights_are_sklearns_formula_and_weight_the_loss():
+    """Analytic oracles: "balanced" weights are n / (C * n_c); the weighted training loss is
+    sklearn's log_loss with each image weighted by its class's weight; "none" is plain CE."""
+    from sklearn.metrics import log_loss
+
+    labels = [0, 0, 0, 0, 1, 0]
+    weights = train_module.class_weights("balanced", labels, 2)
+    np.testing.assert_allclose(weights.numpy(), [6 / (2 * 5), 6 / (2 * 1)], rtol=1e-6)
+    assert train_module.class_weights("none", labels, 2) is None
+    torch.manual_seed(0)
+    images, targets = torch.rand(6, 3, 4, 4), torch.tensor(labels)
+    model = TinyModel()
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)
+    proba = torch.softmax(model(images).double(), dim=1).detach().numpy()
+    loss = train_module._train_epoch(model, [(images, targets)], frozen, "cpu", progress=False,
+                                     desc="", class_weight=weights)
+    expected = log_loss(labels, proba, sample_weight=weights.numpy()[labels], labels=[0, 1])
+    assert loss == pytest.approx(expected, abs=LOSS_ATOL)
+    assert expected != pytest.approx(log_loss(labels, proba, labels=[0, 1]), abs=1e-3)
+
+
+def test_validation_auc_counts_round_off_near_ties_as_ties():
+    """Oracle: sklearn's AUC of the exactly tied scores. Probabilities equal up to float32
+    round-off, ordered by that round-off to rank perfectly, are scored as ties: a network that
+    outputs a constant scores 0.5, and a tied group inside a real ranking counts half; scores
+    further apart than the tolerance are ranked as sklearn ranks them."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    noise = np.where(labels == 1, 8e-8, 0.0) + np.arange(6) * 1e-8
+    constant = np.stack([0.5647 - noise, 0.4353 + noise], axis=1)
+    assert roc_auc_score(labels, constant[:, 1]) == 1.0  # what the round-off alone gives
+    assert train_module._auc(labels, constant) == roc_auc_score(labels, np.full(6, 0.4353)) == 0.5
+    tied = np.array([0.1, 0.3, 0.2, 0.3, 0.3, 0.9])  # 0.3 x3: two negatives, one positive
+    nudged = tied + np.where(tied == 0.3, noise * 5, 0.0)
+    assert train_module._auc(labels, np.stack([1 - nudged, nudged], 1)) == roc_auc_score(
+        labels, tied)
+    spread = constant[:, 1] + 1000 * noise
+    assert train_module._auc(labels, np.stack([1 - spread, spread], 1)) == roc_auc_score(
+        labels, spread) == 1.0
+
+
+def test_balanced_class_weights_need_every_class_in_train():
+    """Bad input: a class without training images is named, as an option error."""
+    from qclassify.options import OptionError
+
+    with pytest.raises(OptionError, match=r"class index\(es\) \[1\] have none"):
+        train_module.class_weights("balanced", [0, 0, 0], 2)
+
+
+def test_fit_passes_the_class_weight(image_folder, tmp_path, tiny_model, monkeypatch):
+    """Contract: --class-weight balanced reaches every training epoch as the weights of the
+    train split's labels, and config.json records it; the recipes leave it off."""
+    seen = []
+    real_epoch = train_module._train_epoch
+    monkeypatch.setattr(train_module, "_train_epoch", lambda *args, **kwargs: (
+        seen.append(kwargs["class_weight"]), real_epoch(*args, **kwargs))[1])
+    fit(image_folder, tmp_path / "run", TrainConfig(**TINY, class_weight="balanced"),
+        progress=False)
+    with (tmp_path / "run" / "split.csv").open(newline="") as handle:
+        train = [row["class"] for row in csv.DictReader(handle) if row["split"] == "train"]
+    classes = sorted(set(train))
+    expected = [len(train) / (2 * train.count(name)) for name in classes]
+    assert len(seen) == TINY["epochs"]
+    for weights in seen:
+        np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-6)
+    options = json.loads((tmp_path / "run" / "config.json").read_text())["options"]
+    assert options["class_weight"] == "balanced"
+    assert {recipe["class_weight"] for recipe in RECIPES.values()} == {"none"}
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_lowres_stem_doubles_the_first_feature_map(name):
     """Contract (models.ARCHITECTURES): for all five models the low-resolution stem doubles

@@ -30,6 +30,7 @@ from PIL import Image
 
 from qclassify.options import (
     BACKENDS,
+    CLASS_WEIGHTS,
     FRAME_CHOICES,
     INTERRUPTED_EXIT_CODE,
     INTERRUPTED_MESSAGE,
@@ -266,6 +267,9 @@ training_options = _compose(
                   help="Stop after this many epochs without a better --monitor value."),
     recipe_option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True),
                   help="Label smoothing of the training cross-entropy."),
+    recipe_option("--class-weight", type=click.Choice(CLASS_WEIGHTS),
+                  help="Class weights of the training cross-entropy: none, or balanced "
+                       "(scikit-learn's: n_images / (n_classes x images of the class))."),
     recipe_option("--stem", type=click.Choice(STEMS),
                   help="lowres: no downsampling in the first convolution or pool (for small "
                        "images, as the networks' CIFAR variants); auto = standard for now."),

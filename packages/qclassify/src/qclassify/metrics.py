@@ -36,6 +36,7 @@ __all__ = [
     "METRIC_NAMES",
     "bootstrap_metrics",
     "evaluate_predictions",
+    "merge_near_ties",
     "percentile_interval",
     "point_metrics",
     "predict_classes",
@@ -83,6 +84,20 @@ def predict_classes(
     if positive is None or p.shape[1] != 2:
         raise ValueError("a decision threshold needs two classes and a positive class")
     return np.where(p[:, positive] >= threshold, positive, 1 - positive)
+
+
+def merge_near_ties(scores: np.ndarray, tolerance: float) -> np.ndarray:
+    """`scores` with each run of values that lie within `tolerance` of their sorted neighbour
+    replaced by the run's smallest value, so that rank statistics (ROC AUC) count them as
+    ties instead of ordering them by float round-off."""
+    scores = np.asarray(scores)
+    order = np.argsort(scores, kind="stable")
+    ranked = scores[order]
+    starts_run = np.concatenate([[True], np.diff(ranked) > tolerance])
+    run_start = np.maximum.accumulate(np.where(starts_run, np.arange(len(ranked)), 0))
+    merged = np.empty_like(ranked)
+    merged[order] = ranked[run_start]
+    return merged
 
 
 def youden_threshold(is_positive: np.ndarray, score: np.ndarray) -> float | None:

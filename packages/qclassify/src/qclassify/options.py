@@ -62,6 +62,10 @@ MONITORS = ("val_loss", "val_auc")
 # `qclassify.models.ARCHITECTURES` for what each model changes. "auto" is `AUTO_STEM`.
 STEMS = ("auto", "standard", "lowres")
 AUTO_STEM = "standard"
+# Weights of the training cross-entropy per class: "balanced" is scikit-learn's
+# class_weight="balanced", n_images / (n_classes * images of the class), so every class weighs
+# as much in the loss and argmax decides as if the classes were equally frequent.
+CLASS_WEIGHTS = ("none", "balanced")
 
 # Training recipes: the values of `RECIPE_FIELDS` that a `TrainConfig` leaves unset (None).
 # "paper" is section 2.5's fine-tuning recipe; "scratch" trains a randomly initialised network,
@@ -73,11 +77,13 @@ RECIPES: dict[str, dict[str, object]] = {
     "paper": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-4, "warmup_epochs": 0,
               "lr_schedule": "constant", "epochs": 30, "batch_size": 16,
               "monitor": "val_loss", "patience": 5, "label_smoothing": 0.0,
-              "stem": "standard", "augment": False, "threshold": "argmax"},
+              "class_weight": "none", "stem": "standard", "augment": False,
+              "threshold": "argmax"},
     "scratch": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 3,
                 "lr_schedule": "cosine", "epochs": 40, "batch_size": 32,
                 "monitor": "val_auc", "patience": 15, "label_smoothing": 0.0,
-                "stem": "auto", "augment": True, "threshold": "argmax"},
+                "class_weight": "none", "stem": "auto", "augment": True,
+                "threshold": "argmax"},
 }
 RECIPE_CHOICES = ("auto", *RECIPES)
 RECIPE_FIELDS = tuple(RECIPES["paper"])
@@ -129,6 +135,7 @@ class TrainConfig:
     warmup_epochs: int | None = None  # linear warmup epochs before the lr schedule
     monitor: str | None = None
     label_smoothing: float | None = None  # of the training cross-entropy
+    class_weight: str | None = None  # "none" or "balanced": class weights of that loss
     stem: str | None = None
     frames: str = "middle"  # or "all": every frame of a multi-frame DICOM/NIfTI file
     window: tuple[float, float] | None = None  # (center, width) replacing DICOM files' window
@@ -168,7 +175,8 @@ class TrainConfig:
         return (f"recipe {config.recipe} ({reason}): {config.optimizer} lr {config.lr:g} "
                 f"wd {config.weight_decay:g}, {schedule}, {config.epochs} epochs, "
                 f"batch {config.batch_size}, early stop on {stop_on}, patience "
-                f"{config.patience}, label smoothing {config.label_smoothing:g}, stem "
+                f"{config.patience}, label smoothing {config.label_smoothing:g}, class weight "
+                f"{config.class_weight}, stem "
                 f"{config.stem}, {'augment' if config.augment else 'no augment'}, threshold "
                 f"{config.threshold}"
                 + (f"; set explicitly: {', '.join(given)}" if given else ""))
@@ -211,7 +219,7 @@ class TrainConfig:
         if not self.q_device:
             raise OptionError("must name a PennyLane device, e.g. default.qubit", "q_device")
         for name, choices in (("optimizer", OPTIMIZERS), ("monitor", MONITORS),
-                              ("stem", STEMS)):
+                              ("stem", STEMS), ("class_weight", CLASS_WEIGHTS)):
             if getattr(self, name) not in choices:
                 raise OptionError(f"must be one of {', '.join(choices)}; "
                                   f"got {getattr(self, name)!r}", name)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, roc_auc_score
+from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -38,7 +39,7 @@ from qclassify.data import DatasetSplit, discover_dataset
 from qclassify.devices import resolve_device
 from qclassify.distributed import SINGLE_PROCESS, Ranks, current_ranks
 from qclassify.images import ImageDataset
-from qclassify.metrics import youden_threshold
+from qclassify.metrics import merge_near_ties, youden_threshold
 from qclassify.models import build_model
 from qclassify.optim import is_better_epoch, make_optimizer, make_scheduler
 from qclassify.options import OptionError
@@ -61,6 +62,13 @@ CHECKPOINT_FORMAT = 1
 # Saved weights are the same tensors whatever the layout.
 TRAINING_MEMORY_FORMAT = torch.channels_last
 TRAINING_STATE_FORMAT = 1
+# Validation probabilities closer than this are scored as ties when epochs are compared.
+# Images can share one output exactly: a network from scratch outputs one constant in its first
+# epochs, and the quantum head maps every image whose 2^n reduced features have the same single
+# non-zero entry to the same basis state (amplitude encoding, eq. 7, drops the norm). Float32
+# round-off (up to ~6e-7 between memory formats) then orders such images at random, moving the
+# validation AUC by noise (0.864 vs 0.873 for one BreastMNIST member) and with it the best epoch.
+NEAR_TIE_TOLERANCE = 1e-6
 # Hidden folder inside a run folder where an --overwrite run is trained until it is finished.
 _STAGING_PREFIX = ".fit-"
 
@@ -272,6 +280,8 @@ def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device:
 
     folder = RunFolder(run_dir)
     train_loader = loader("train", train=True)
+    loss_weights = class_weights(config.class_weight, dataset.labels(dataset.subset("train")),
+                                 len(dataset.class_names))
     val_samples = dataset.subset("val")
     # Decoded and resized once for the whole run, like the training images (`ImageDataset`).
     val_images = ImageDataset(dataset.image_refs(val_samples), None, config.image_size,
@@ -291,7 +301,8 @@ def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device:
         train_loader.sampler.set_epoch(epoch)
         train_loss = _train_epoch(trained, train_loader, optimizer, device,
                                   progress=progress, desc=f"epoch {epoch}/{config.epochs}",
-                                  label_smoothing=config.label_smoothing, ranks=ranks)
+                                  label_smoothing=config.label_smoothing,
+                                  class_weight=loss_weights, ranks=ranks)
         if scheduler is not None:
             scheduler.step()
         val_loss, labels, proba = ranks.from_main(
@@ -402,11 +413,32 @@ def _decision_rule(
     return threshold, None
 
 
+def class_weights(rule: str, train_labels: np.ndarray, n_classes: int) -> torch.Tensor | None:
+    """The per-class weights of the training cross-entropy: None for ``"none"``; for
+    ``"balanced"`` scikit-learn's ``compute_class_weight("balanced")`` of the training labels.
+
+    Raises:
+        OptionError: "balanced" with a class that has no training image.
+    """
+    if rule == "none":
+        return None
+    missing = sorted(set(range(n_classes)) - set(np.asarray(train_labels).tolist()))
+    if missing:
+        raise OptionError(f"balanced needs training images of every class; class index(es) "
+                          f"{missing} have none", "class_weight")
+    weights = compute_class_weight(rule, classes=np.arange(n_classes), y=train_labels)
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
 def _train_epoch(model, loader, optimizer, device, *, progress: bool, desc: str,
-                 label_smoothing: float = 0.0, ranks: Ranks = SINGLE_PROCESS) -> float:
+                 label_smoothing: float = 0.0, class_weight: torch.Tensor | None = None,
+                 ranks: Ranks = SINGLE_PROCESS) -> float:
     """One pass over `loader`; the mean cross-entropy (eq. 15 without its L2 term) per image
-    (of every rank's images, under torchrun), with `label_smoothing` (the validation loss is
-    never smoothed: it measures the model)."""
+    (of every rank's images, under torchrun), with `label_smoothing` and `class_weight` (the
+    weighted mean, as torch's cross_entropy computes it per batch; the validation loss is
+    never smoothed or weighted: it measures the model)."""
+    if class_weight is not None:
+        class_weight = class_weight.to(device)
     model.train()
     total_loss, n_images = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
@@ -414,7 +446,8 @@ def _train_epoch(model, loader, optimizer, device, *, progress: bool, desc: str,
         images = images.to(device, non_blocking=True, memory_format=TRAINING_MEMORY_FORMAT)
         labels = labels.to(device)
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
+        loss = F.cross_entropy(model(images), labels, weight=class_weight,
+                               label_smoothing=label_smoothing)
         loss.backward()
         optimizer.step()
         total_loss += loss.item() * len(labels)
@@ -425,12 +458,13 @@ def _train_epoch(model, loader, optimizer, device, *, progress: bool, desc: str,
 
 
 def _auc(labels: np.ndarray, proba: np.ndarray) -> float:
-    """ROC AUC: positive-class probability for two classes, one-vs-rest macro for more;
-    NaN when the validation set misses a class."""
+    """ROC AUC: positive-class probability for two classes (probabilities within
+    `NEAR_TIE_TOLERANCE` of each other count as ties), one-vs-rest macro for more; NaN when
+    the validation set misses a class."""
     if len(np.unique(labels)) < proba.shape[1]:
         return math.nan
     if proba.shape[1] == 2:
-        return float(roc_auc_score(labels, proba[:, 1]))
+        return float(roc_auc_score(labels, merge_near_ties(proba[:, 1], NEAR_TIE_TOLERANCE)))
     return float(roc_auc_score(labels, proba, multi_class="ovr", average="macro"))
 
 
