@@ -174,7 +174,7 @@ def test_evaluate_uses_mean_of_member_probabilities(evaluated, data):
 
 def test_evaluate_reports_members_and_their_summary(evaluated):
     """metrics.json has each member's six metrics (also in the member's own metrics.json) and
-    the mean, sd and 95% t-interval across members."""
+    the mean, sd and 95% t-interval across members (clipped to the metric's range)."""
     metrics = RunFolder(evaluated).read_metrics()
     assert list(metrics["members"]) == ["seed-0", "seed-2"]
     for member in RunFolder(evaluated).members():
@@ -187,7 +187,8 @@ def test_evaluate_reports_members_and_their_summary(evaluated):
     if summary["sd"] > 0:
         expected = stats.t.interval(0.95, len(aucs) - 1, loc=np.mean(aucs),
                                     scale=np.std(aucs, ddof=1) / np.sqrt(len(aucs)))
-        np.testing.assert_allclose(summary["ci95"], expected, rtol=0, atol=1e-12)
+        # clipped to AUC's range [0, 1] (two members give a wide interval)
+        np.testing.assert_allclose(summary["ci95"], np.clip(expected, 0, 1), rtol=0, atol=1e-12)
 
 
 def test_summarize_seeds_is_scipy_t_interval():
@@ -198,6 +199,26 @@ def test_summarize_seeds_is_scipy_t_interval():
                                 scale=stats.sem(values))
     np.testing.assert_allclose(summary.ci95, expected, rtol=0, atol=1e-12)
     assert summary.sd == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+
+
+def test_bounded_seed_intervals_are_clipped_to_the_metric_range():
+    """Oracle: scipy's t.interval, clipped to [0, 1] for a proportion (four seeds at precision
+    0 and one at 0.647 give a symmetric interval below 0); unbounded callers are unchanged;
+    every metric the ensemble summary reports is a proportion and is clipped."""
+    from qclassify.ensemble_run import members_summary
+    from qclassify.metrics import METRIC_NAMES
+
+    values = [0.0, 0.0, 0.0, 0.0, 0.647]
+    raw = stats.t.interval(0.95, 4, loc=np.mean(values), scale=stats.sem(values))
+    assert raw[0] < 0
+    np.testing.assert_allclose(summarize_seeds(values).ci95, raw, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(summarize_seeds(values, bounds=(0.0, 1.0)).ci95,
+                               np.clip(raw, 0, 1), rtol=0, atol=1e-12)
+    members = {f"seed-{k}": {name: {"value": v} for name in METRIC_NAMES}
+               for k, v in enumerate(values)}
+    for summary in members_summary(members).values():
+        assert summary["ci95"][0] == 0.0
+        assert summary["ci95"][1] == pytest.approx(raw[1], abs=1e-12)
 
 
 def test_cli_predict_on_ensemble_prints_mean_probability(ensemble, data):
@@ -368,7 +389,8 @@ def test_compare_seeds_paired_t_test_and_interval_match_scipy(seed_report):
         np.mean(np.subtract(baseline, proposed)), abs=1e-12)
     assert summary["qmobilenet@balanced"]["auc_paired_p"] == ""
     if np.std(baseline) > 0:
-        low, high = stats.t.interval(0.95, 1, loc=np.mean(baseline), scale=stats.sem(baseline))
+        low, high = np.clip(stats.t.interval(0.95, 1, loc=np.mean(baseline),
+                                             scale=stats.sem(baseline)), 0, 1)  # AUC's range
         assert float(row["auc_ci_low"]) == pytest.approx(low, abs=1e-9)
         assert float(row["auc_ci_high"]) == pytest.approx(high, abs=1e-9)
 

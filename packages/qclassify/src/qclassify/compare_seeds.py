@@ -21,7 +21,7 @@ from pathlib import Path
 
 from qclassify import figures
 from qclassify.compare_report import RESULT_COLUMNS, RunOutcome, result_row
-from qclassify.metrics import METRIC_NAMES
+from qclassify.metrics import METRIC_NAMES, METRIC_RANGE
 from qclassify.runfolder import atomic_write, read_json, write_csv, write_json
 from qclassify.stats import paired_t_test, summarize_seeds
 
@@ -113,7 +113,8 @@ def seed_summary_rows(ensembles: Sequence[RunOutcome], per_seed: Sequence[dict],
         row = {"run": outcome.label, "model": outcome.model, "data": outcome.data,
                "role": outcome.role, "n_seeds": len(values(outcome.label, "auc"))}
         for metric in METRIC_NAMES:
-            summary = summarize_seeds(list(values(outcome.label, metric).values()))
+            summary = summarize_seeds(list(values(outcome.label, metric).values()),
+                                      bounds=METRIC_RANGE)
             interval = summary.ci95 or [None, None]
             row.update({f"{metric}_mean": summary.mean, f"{metric}_sd": summary.sd,
                         f"{metric}_ci_low": interval[0], f"{metric}_ci_high": interval[1]})

@@ -26,7 +26,7 @@ from qclassify.inference import (
     resolve_engine,
     save_evaluation,
 )
-from qclassify.metrics import METRIC_NAMES, evaluate_predictions, predict_classes
+from qclassify.metrics import METRIC_NAMES, METRIC_RANGE, evaluate_predictions, predict_classes
 from qclassify.runfolder import RunFolder, check_separate
 from qclassify.stats import summarize_seeds
 
@@ -119,7 +119,8 @@ def load_ensemble(run_dir: str | Path, *, device: str = "auto", q_backend: str |
 
 def members_summary(member_metrics: dict[str, dict]) -> dict[str, dict]:
     """Mean, sd and 95% t-interval across members of each metric's value (`summarize_seeds`)."""
-    return {name: summarize_seeds([m[name]["value"] for m in member_metrics.values()]).as_dict()
+    return {name: summarize_seeds([m[name]["value"] for m in member_metrics.values()],
+                                  bounds=METRIC_RANGE).as_dict()
             for name in METRIC_NAMES}
 
 

@@ -34,6 +34,7 @@ from sklearn.metrics import (
 __all__ = [
     "CI_LEVEL",
     "METRIC_NAMES",
+    "METRIC_RANGE",
     "bootstrap_metrics",
     "evaluate_predictions",
     "merge_near_ties",
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
+METRIC_RANGE = (0.0, 1.0)  # every metric of METRIC_NAMES is a proportion
 CI_LEVEL = 0.95
 # Resamples where a metric is undefined (AUC of a resample holding one class) are dropped; if
 # more than this fraction goes, the rest describes a conditioned population, not the test set.
