@@ -279,9 +279,12 @@ def _train(model: nn.Module, dataset: DatasetSplit, config: TrainConfig, device:
                            num_replicas=ranks.world_size, rank=ranks.rank)
 
     folder = RunFolder(run_dir)
-    train_loader = loader("train", train=True)
+    # Checked before any image is decoded; moved to the device once, not every epoch.
     loss_weights = class_weights(config.class_weight, dataset.labels(dataset.subset("train")),
                                  len(dataset.class_names))
+    if loss_weights is not None:
+        loss_weights = loss_weights.to(device)
+    train_loader = loader("train", train=True)
     val_samples = dataset.subset("val")
     # Decoded and resized once for the whole run, like the training images (`ImageDataset`).
     val_images = ImageDataset(dataset.image_refs(val_samples), None, config.image_size,
@@ -436,9 +439,7 @@ def _train_epoch(model, loader, optimizer, device, *, progress: bool, desc: str,
     """One pass over `loader`; the mean cross-entropy (eq. 15 without its L2 term) per image
     (of every rank's images, under torchrun), with `label_smoothing` and `class_weight` (the
     weighted mean, as torch's cross_entropy computes it per batch; the validation loss is
-    never smoothed or weighted: it measures the model)."""
-    if class_weight is not None:
-        class_weight = class_weight.to(device)
+    never smoothed or weighted: it measures the model); `class_weight` is on `device`."""
     model.train()
     total_loss, n_images = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
